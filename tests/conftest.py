@@ -1,0 +1,108 @@
+"""Fixtures for tests against a real TimescaleDB (see tests/pgserver.py for how it is found)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from pgserver import Server, find_server
+from psycopg import sql
+
+_server: Server | None = None
+_names = itertools.count(1)
+
+
+def _get_server() -> Server:
+    global _server
+    if _server is None:
+        _server = find_server()
+    return _server
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    server = _get_server()
+    if server.admin_url is None:
+        return [f"timescaledb: NOT AVAILABLE, database tests will skip: {server.skip_reason}"]
+    edition = {"timescale": "full edition (Timescale License)", "apache": "Apache-2 edition"}.get(
+        server.license or "", f"license={server.license}")
+    return [f"timescaledb: {server.version}, {edition}; via {server.how}"]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _server is not None:
+        _server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Server:
+    server = _get_server()
+    if server.admin_url is None:
+        pytest.skip(server.skip_reason or "no TimescaleDB")
+    return server
+
+
+@pytest.fixture(autouse=True)
+def _edition_gate(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("full_edition") is None:
+        return
+    server = _get_server()
+    if server.admin_url is None:
+        pytest.skip(server.skip_reason or "no TimescaleDB")
+    if not server.full_edition:
+        pytest.skip(f"needs the TimescaleDB full edition (continuous aggregates, columnstore, policies); "
+                    f"installed: {server.version} with license={server.license}")
+
+
+@pytest.fixture(scope="session")
+def make_database(pg_server: Server) -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty databases on the test server; returns their URLs."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"coinpulse_t{next(_names)}"
+        with psycopg.connect(pg_server.admin_url or "", autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        created.append(name)
+        return pg_server.url(name)
+
+    yield make
+
+
+@pytest.fixture(scope="session")
+def migrated_url(make_database: Callable[[], str]) -> str:
+    from collector.db.migrate import migrate
+
+    url = make_database()
+    migrate(url)
+    return url
+
+
+TRUNCATE = """
+DO $$
+DECLARE t record;
+BEGIN
+    FOR t IN SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'coinpulse' AND c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version'
+    LOOP
+        EXECUTE format('TRUNCATE coinpulse.%I RESTART IDENTITY CASCADE', t.relname);
+    END LOOP;
+END
+$$;
+"""
+
+
+@pytest.fixture
+def db_url(migrated_url: str) -> str:
+    """The migrated test database, emptied of rows before the test."""
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute(TRUNCATE)
+    return migrated_url
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn
