@@ -1,0 +1,332 @@
+"""The one batching writer: rows from the queue into TimescaleDB by binary COPY, idempotently.
+
+Idempotency: every hypertable is unique on its natural key (asset_id, time) and so on. A batch is first
+COPYed straight into its table inside a savepoint: that is the fast path, as fast as a raw COPY. If the
+batch repeats rows already stored (a replay after a reconnect, a spool drain, a restarted history import),
+the unique index refuses it and the batch goes the slow way: COPY into a temporary staging table, then
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. Either way a row is stored exactly once.
+
+A batch that fails for connection reasons is kept and retried after a backoff; the queue in front is
+bounded, so memory stays bounded while the database is away (sources count what does not fit).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from collector.backoff import Backoff
+from collector.buffer import RecordQueue
+from collector.coincap.models import (
+    AssetSnapshot,
+    ExchangeSnapshot,
+    MarketSnapshot,
+    RateSnapshot,
+    Record,
+    Tick,
+)
+from collector.metrics import Metrics
+
+__all__ = ["TABLES", "BatchWriter", "TableSpec", "copy_rows"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    name: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+
+
+def _spec(name: str, record: type[Any], types: tuple[str, ...]) -> TableSpec:
+    columns = tuple(record._fields)
+    assert len(columns) == len(types), name
+    return TableSpec(name, columns, types)
+
+
+TABLES: dict[type[Any], TableSpec] = {
+    Tick: _spec("price_ticks", Tick, ("timestamptz", "text", "float8", "text")),
+    AssetSnapshot: _spec("asset_snapshots", AssetSnapshot, (
+        "timestamptz", "text", "int4", "text", "text", "float8", "float8", "float8", "float8", "float8",
+        "float8", "float8", "text", "text")),
+    ExchangeSnapshot: _spec("exchange_snapshots", ExchangeSnapshot, (
+        "timestamptz", "text", "text", "int4", "float8", "float8", "int4", "bool", "text", "timestamptz",
+        "text")),
+    MarketSnapshot: _spec("market_snapshots", MarketSnapshot, (
+        "timestamptz", "text", "text", "text", "text", "text", "int4", "float8", "float8", "float8", "float8",
+        "int8", "timestamptz", "text")),
+    RateSnapshot: _spec("rate_snapshots", RateSnapshot, (
+        "timestamptz", "text", "text", "text", "float8", "text", "text")),
+}
+
+_UPSERT_ASSETS = """
+INSERT INTO coinpulse.assets AS a (asset_id, symbol, name, rank, explorer, first_seen, last_seen)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (asset_id) DO UPDATE SET
+    symbol = coalesce(EXCLUDED.symbol, a.symbol),
+    name = coalesce(EXCLUDED.name, a.name),
+    rank = CASE WHEN EXCLUDED.last_seen >= a.last_seen THEN EXCLUDED.rank ELSE a.rank END,
+    explorer = coalesce(EXCLUDED.explorer, a.explorer),
+    first_seen = least(a.first_seen, EXCLUDED.first_seen),
+    last_seen = greatest(a.last_seen, EXCLUDED.last_seen)
+"""
+
+_UPSERT_EXCHANGES = """
+INSERT INTO coinpulse.exchanges AS e (exchange_id, name, rank, exchange_url, first_seen, last_seen)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (exchange_id) DO UPDATE SET
+    name = coalesce(EXCLUDED.name, e.name),
+    rank = CASE WHEN EXCLUDED.last_seen >= e.last_seen THEN EXCLUDED.rank ELSE e.rank END,
+    exchange_url = coalesce(EXCLUDED.exchange_url, e.exchange_url),
+    first_seen = least(e.first_seen, EXCLUDED.first_seen),
+    last_seen = greatest(e.last_seen, EXCLUDED.last_seen)
+"""
+
+_TOUCH_ASSETS = """
+INSERT INTO coinpulse.assets AS a (asset_id, first_seen, last_seen)
+SELECT id, t0, t1 FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS u(id, t0, t1)
+ON CONFLICT (asset_id) DO UPDATE SET
+    first_seen = least(a.first_seen, EXCLUDED.first_seen),
+    last_seen = greatest(a.last_seen, EXCLUDED.last_seen)
+"""
+
+_TOUCH_EXCHANGES = """
+INSERT INTO coinpulse.exchanges (exchange_id, first_seen, last_seen)
+SELECT id, t, t FROM unnest(%s::text[], %s::timestamptz[]) AS u(id, t)
+ON CONFLICT (exchange_id) DO NOTHING
+"""
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+def copy_rows(cur: psycopg.Cursor[tuple[Any, ...]], table: sql.Composable, spec: TableSpec,
+              rows: Sequence[Sequence[Any]]) -> None:
+    """Binary COPY of ``rows`` (tuples in ``spec.columns`` order) into ``table``."""
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        table, sql.SQL(", ").join(map(sql.Identifier, spec.columns)))
+    with cur.copy(stmt) as copy:
+        copy.set_types(list(spec.types))
+        for row in rows:
+            copy.write_row(row)
+
+
+class BatchWriter:
+    """Takes batches from ``queue`` and commits them; one thread runs ``run``."""
+
+    def __init__(
+        self,
+        database_url: str,
+        queue: RecordQueue,
+        metrics: Metrics,
+        *,
+        batch_size: int = 5000,
+        batch_max_age: float = 0.2,
+        backoff: Backoff | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        on_committed: Callable[[dict[str, int]], None] | None = None,
+    ) -> None:
+        self._url = database_url
+        self._queue = queue
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._batch_max_age = batch_max_age
+        self._backoff = backoff or Backoff(initial=0.5, cap=15.0)
+        self._now = wall_clock
+        self._on_committed = on_committed
+        self._conn: Connection | None = None
+        self._known_assets: set[str] = set()
+        self._known_exchanges: set[str] = set()
+        self._pending: list[Record] = []
+        self.last_success: float | None = None  # wall-clock time of the last commit or successful connect
+        self.last_error: str | None = None
+        metrics.queue_capacity.set(queue.capacity)
+        metrics.queue_depth.set_function(lambda: len(queue))
+        metrics.rows_waiting.set_function(lambda: len(queue) + len(self._pending))
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    # -- the loop -----------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, drain_deadline: Callable[[], float | None] = lambda: None) -> None:
+        """Write until ``stop`` is set, then keep writing what is queued until the queue is empty or the
+        monotonic time returned by ``drain_deadline()`` passes."""
+        while True:
+            if stop.is_set():
+                deadline = drain_deadline()
+                if not self._pending and len(self._queue) == 0:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    left = len(self._pending) + len(self._queue)
+                    log.error("writer stopping with rows_unwritten=%d: the shutdown grace period ran out", left)
+                    self._metrics.rows_dropped.labels(reason="shutdown").inc(left)
+                    break
+            if not self._pending:
+                wait = 0.05 if stop.is_set() else 0.5
+                self._pending = self._queue.get_batch(self._batch_size, self._batch_max_age, wait)
+                if not self._pending:
+                    continue
+            if self._attempt(self._pending):
+                self._pending = []
+                continue
+            delay = self._backoff.next_delay()
+            log.warning("write failed, retrying in delay=%.1fs rows_waiting=%d error=%s",
+                        delay, len(self._pending) + len(self._queue), self.last_error)
+            if stop.is_set():
+                time.sleep(min(delay, 0.5))  # draining for shutdown: keep trying until the deadline
+            else:
+                stop.wait(delay)
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _attempt(self, batch: Sequence[Record]) -> bool:
+        try:
+            self.write(batch)
+        except psycopg.OperationalError as exc:
+            self._metrics.write_errors.labels(kind="connection").inc()
+            self._metrics.db_up.set(0)
+            self.last_error = _one_line(exc)
+            self.close()
+            return False
+        except psycopg.Error as exc:
+            # Not the connection: the database refused some row. Find it, keep all the others.
+            self._metrics.write_errors.labels(kind="data").inc()
+            log.error("batch refused rows=%d error=%s: writing row by row", len(batch), _one_line(exc))
+            try:
+                self._write_one_by_one(batch)
+            except psycopg.OperationalError as exc2:
+                self._metrics.write_errors.labels(kind="connection").inc()
+                self.last_error = _one_line(exc2)
+                self.close()
+                return False
+        self._backoff.reset()
+        return True
+
+    def _write_one_by_one(self, batch: Sequence[Record]) -> None:
+        for record in batch:
+            try:
+                self.write([record])
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                reason = f"db_{exc.sqlstate or 'error'}"
+                self._metrics.rows_rejected.labels(reason=reason).inc()
+                log.error("row refused by the database table=%s reason=%s error=%s",
+                          TABLES[type(record)].name, reason, _one_line(exc))
+
+    # -- one batch ----------------------------------------------------------------------------------------
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._url, application_name="coinpulse-writer", connect_timeout=10)
+            self._metrics.db_up.set(1)
+            self.last_success = self._now()
+            log.info("writer connected to the database")
+        return self._conn
+
+    def write(self, batch: Sequence[Record]) -> dict[str, int]:
+        """Commit one batch (one transaction); returns rows inserted per table. Raises OperationalError
+        when the connection is lost (the caller retries the same batch)."""
+        groups: dict[type[Any], list[Record]] = {}
+        for record in batch:
+            groups.setdefault(type(record), []).append(record)
+        started = time.perf_counter()
+        conn = self._connection()
+        written: dict[str, int] = {}
+        new_assets: set[str] = set()
+        new_exchanges: set[str] = set()
+        with conn.transaction():
+            cur = conn.cursor()
+            new_assets = self._upsert_assets(cur, groups)
+            new_exchanges = self._upsert_exchanges(cur, groups)
+            for kind, rows in groups.items():
+                written[TABLES[kind].name] = self._write_table(cur, TABLES[kind], rows)
+        elapsed = time.perf_counter() - started
+        self._known_assets |= new_assets
+        self._known_exchanges |= new_exchanges
+        self.last_success = now = self._now()
+        self._metrics.db_up.set(1)
+        self._metrics.write_batch_seconds.observe(elapsed)
+        for table, count in written.items():
+            self._metrics.rows_written.labels(table=table).inc(count)
+        live = [t.time for t in groups.get(Tick, ()) if t.source != "history"]
+        if live:
+            self._metrics.tick_to_commit_seconds.observe(max(0.0, now - min(live).timestamp()))
+        if self._on_committed is not None:
+            self._on_committed(written)
+        return written
+
+    def _upsert_assets(self, cur: psycopg.Cursor[tuple[Any, ...]], groups: dict[type[Any], list[Any]]) -> set[str]:
+        snapshots: dict[str, AssetSnapshot] = {}
+        for snap in groups.get(AssetSnapshot, ()):
+            if snap.asset_id not in snapshots or snap.time > snapshots[snap.asset_id].time:
+                snapshots[snap.asset_id] = snap
+        if snapshots:
+            cur.executemany(_UPSERT_ASSETS, [
+                (s.asset_id, s.symbol, s.name, s.rank, s.explorer, s.time, s.time) for s in snapshots.values()])
+        # Ticks of assets never seen before get a dimension row, so thresholds and joins can refer to them.
+        span: dict[str, tuple[datetime, datetime]] = {}
+        for tick in groups.get(Tick, ()):
+            if tick.asset_id in self._known_assets or tick.asset_id in snapshots:
+                continue
+            t0, t1 = span.get(tick.asset_id, (tick.time, tick.time))
+            span[tick.asset_id] = (min(t0, tick.time), max(t1, tick.time))
+        if span:
+            ids = list(span)
+            cur.execute(_TOUCH_ASSETS, (ids, [span[i][0] for i in ids], [span[i][1] for i in ids]))
+        return set(snapshots) | set(span)
+
+    def _upsert_exchanges(self, cur: psycopg.Cursor[tuple[Any, ...]],
+                          groups: dict[type[Any], list[Any]]) -> set[str]:
+        exchanges: dict[str, ExchangeSnapshot] = {}
+        for ex in groups.get(ExchangeSnapshot, ()):
+            if ex.exchange_id not in exchanges or ex.time > exchanges[ex.exchange_id].time:
+                exchanges[ex.exchange_id] = ex
+        if exchanges:
+            cur.executemany(_UPSERT_EXCHANGES, [
+                (e.exchange_id, e.name, e.rank, e.exchange_url, e.time, e.time) for e in exchanges.values()])
+        # Markets can name exchanges no exchange snapshot has shown yet.
+        unseen: dict[str, datetime] = {}
+        for market in groups.get(MarketSnapshot, ()):
+            if market.exchange_id not in self._known_exchanges and market.exchange_id not in exchanges:
+                unseen.setdefault(market.exchange_id, market.time)
+        if unseen:
+            cur.execute(_TOUCH_EXCHANGES, (list(unseen), list(unseen.values())))
+        return set(exchanges) | set(unseen)
+
+    def _write_table(self, cur: psycopg.Cursor[tuple[Any, ...]], spec: TableSpec, rows: Sequence[Any]) -> int:
+        target = sql.Identifier("coinpulse", spec.name)
+        try:
+            with cur.connection.transaction():  # savepoint: a duplicate key undoes only this COPY
+                copy_rows(cur, target, spec, rows)
+            return len(rows)
+        except psycopg.errors.UniqueViolation:
+            pass
+        stage = sql.Identifier(f"stage_{spec.name}")
+        cur.execute(sql.SQL(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        ).format(stage, target))
+        copy_rows(cur, stage, spec, rows)
+        cur.execute(sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT DO NOTHING").format(target, stage))
+        inserted = cur.rowcount
+        log.debug("replayed rows table=%s rows=%d inserted=%d", spec.name, len(rows), inserted)
+        return inserted
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
