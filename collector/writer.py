@@ -161,6 +161,12 @@ class BatchWriter:
     def run(self, stop: threading.Event, drain_deadline: Callable[[], float | None] = lambda: None) -> None:
         """Write until ``stop`` is set, then keep writing what is queued until the queue is empty or the
         monotonic time returned by ``drain_deadline()`` passes."""
+        try:  # connect now, so health reports the database before the first batch
+            self._connection()
+        except psycopg.OperationalError as exc:
+            self._metrics.db_up.set(0)
+            self.last_error = _one_line(exc)
+            log.warning("database unreachable at start, will retry: %s", self.last_error)
         while True:
             if stop.is_set():
                 deadline = drain_deadline()

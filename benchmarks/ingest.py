@@ -1,0 +1,165 @@
+"""Ingest throughput: raw psycopg binary COPY vs the CoinPulse writer path, on one database, in one run.
+
+    .venv/bin/python benchmarks/ingest.py [--rows 1000000] [--database-url URL]
+
+Without --database-url a throwaway local TimescaleDB cluster is started (as the tests do) and removed.
+Every variant writes the same N tick rows into an empty hypertable with the schema and indexes of
+coinpulse.price_ticks. Printed: rows/s of each, and the ratio writer / raw (target: >= 0.85 on 1M rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from collector.coincap.parse import parse_price_message
+
+from collector.buffer import RecordQueue
+from collector.coincap.models import Tick
+from collector.db.migrate import migrate
+from collector.intake import Intake
+from collector.metrics import Metrics
+from collector.writer import TABLES, BatchWriter, copy_rows
+
+ASSETS = [f"asset-{i:03d}" for i in range(100)]
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def make_frames(rows: int, per_frame: int = 50) -> list[tuple[datetime, str]]:
+    """WebSocket-shaped frames: each names ``per_frame`` assets; one frame per millisecond."""
+    rng = random.Random(7)
+    frames = []
+    for i in range(rows // per_frame):
+        start = (i * per_frame) % len(ASSETS)
+        names = [ASSETS[(start + k) % len(ASSETS)] for k in range(per_frame)]
+        frames.append((T0 + timedelta(milliseconds=i),
+                       json.dumps({a: repr(round(rng.uniform(0.01, 90000.0), 8)) for a in names})))
+    return frames
+
+
+def frames_to_ticks(frames: list[tuple[datetime, str]]) -> list[list[Tick]]:
+    return [parse_price_message(text, at).records for at, text in frames]
+
+
+def reset(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE coinpulse.price_ticks")
+        conn.execute("TRUNCATE coinpulse.assets CASCADE")
+
+
+def count(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM coinpulse.price_ticks").fetchone()
+        return int(row[0]) if row else 0
+
+
+def raw_copy(url: str, batches: list[list[Tick]], batch_rows: int) -> float:
+    """Plain binary COPY, committed every ``batch_rows`` rows (the writer's batch size)."""
+    spec = TABLES[Tick]
+    flat = [t for batch in batches for t in batch]
+    with psycopg.connect(url) as conn:
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            for i in range(0, len(flat), batch_rows):
+                copy_rows(cur, sql.Identifier("coinpulse", "price_ticks"), spec, flat[i:i + batch_rows])
+                conn.commit()
+        return time.perf_counter() - started
+
+
+def writer_path(url: str, produce: Callable[[Intake], None], batch_rows: int, expected: int) -> float:
+    metrics = Metrics()
+    queue = RecordQueue(200_000)
+    intake = Intake(queue, metrics)
+    writer = BatchWriter(url, queue, metrics, batch_size=batch_rows, batch_max_age=0.2)
+    writer._connection()  # connect before the clock starts, as raw_copy does
+    stop = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(stop, lambda: None))
+    started = time.perf_counter()
+    thread.start()
+    produce(intake)
+    while metrics.registry.get_sample_value("coinpulse_rows_written_total", {"table": "price_ticks"}) != expected:
+        time.sleep(0.001)
+        if not thread.is_alive():
+            raise RuntimeError("writer thread died")
+    elapsed = time.perf_counter() - started
+    stop.set()
+    thread.join()
+    return elapsed
+
+
+def feed_records(batches: list[list[Tick]]) -> Callable[[Intake], None]:
+    def produce(intake: Intake) -> None:
+        for batch in batches:
+            while not intake.submit(batch):  # queue full: wait like a blocking producer, never drop
+                time.sleep(0.0005)
+    return produce
+
+
+def feed_frames(frames: list[tuple[datetime, str]]) -> Callable[[Intake], None]:
+    def produce(intake: Intake) -> None:
+        for at, text in frames:
+            result = parse_price_message(text, at)
+            while not intake.submit(result.records):
+                time.sleep(0.0005)
+    return produce
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch-rows", type=int, default=5000)
+    parser.add_argument("--database-url")
+    args = parser.parse_args()
+    server = None
+    url = args.database_url
+    if url is None:
+        from pgserver import find_server
+
+        server = find_server()
+        if server.admin_url is None:
+            print(f"no database: {server.skip_reason}")
+            return 2
+        with psycopg.connect(server.admin_url, autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS coinpulse_bench_ingest WITH (FORCE)")
+            conn.execute("CREATE DATABASE coinpulse_bench_ingest")
+        url = server.url("coinpulse_bench_ingest")
+    try:
+        migrate(url)
+        print(f"generating {args.rows:,} ticks as WebSocket frames ...", flush=True)
+        frames = make_frames(args.rows)
+        batches = frames_to_ticks(frames)
+        n = sum(len(b) for b in batches)
+        results: dict[str, float] = {}
+        for name, run in (
+            ("raw COPY", lambda: raw_copy(url, batches, args.batch_rows)),
+            ("writer (parse excluded)", lambda: writer_path(url, feed_records(batches), args.batch_rows, n)),
+            ("writer (parse included)", lambda: writer_path(url, feed_frames(frames), args.batch_rows, n)),
+        ):
+            reset(url)
+            seconds = run()
+            assert count(url) == n, f"{name}: wrote {count(url)} rows, expected {n}"
+            results[name] = n / seconds
+            print(f"{name:26s} {n:>10,} rows in {seconds:6.2f} s = {n / seconds:>10,.0f} rows/s", flush=True)
+        raw = results["raw COPY"]
+        print(f"ratio writer (parse excluded) / raw: {results['writer (parse excluded)'] / raw:.2f}  (target >= 0.85)")
+        print(f"ratio writer (parse included) / raw: {results['writer (parse included)'] / raw:.2f}")
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
