@@ -24,10 +24,9 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from collector.coincap.parse import parse_price_message
-
 from collector.buffer import RecordQueue
 from collector.coincap.models import Tick
+from collector.coincap.parse import parse_price_message
 from collector.db.migrate import migrate
 from collector.intake import Intake
 from collector.metrics import Metrics

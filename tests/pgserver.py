@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
@@ -39,9 +40,11 @@ class Server:
 
     def url(self, dbname: str) -> str:
         assert self.admin_url is not None
-        info = psycopg.conninfo.conninfo_to_dict(self.admin_url)
-        info["dbname"] = dbname
-        return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
+        # A URL (not key=value), because that is what COINPULSE_DATABASE_URL accepts.
+        parts = urlsplit(self.admin_url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("COINPULSE_TEST_DATABASE_URL must be a postgresql:// URL")
+        return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, ""))
 
     def stop(self) -> None:
         while self._cleanup:

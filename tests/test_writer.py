@@ -19,7 +19,7 @@ Conn = psycopg.Connection[tuple[object, ...]]
 
 
 def count(db: Conn, table: str) -> int:
-    row = db.execute(f"SELECT count(*) FROM coinpulse.{table}").fetchone()  # noqa: S608 - fixed names
+    row = db.execute(f"SELECT count(*) FROM coinpulse.{table}").fetchone()
     assert row is not None
     return int(str(row[0]))
 

@@ -1,0 +1,76 @@
+"""`coinpulse`: argument parsing and output only; the work is in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from collector import __version__
+from collector.errors import CoinPulseError
+from collector.settings import Settings, load_settings, redact_url
+
+__all__ = ["main"]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from collector.db.migrate import migrate
+
+    url = settings.database_url.get_secret_value()
+    result = migrate(url)
+    info = result.server
+    print(f"database: {redact_url(url)}")
+    print(f"timescaledb {info.timescaledb_installed}, edition: {info.edition}")
+    if result.changed:
+        print(f"schema migrated: {result.before or 'empty'} -> {result.after}")
+    else:
+        print(f"schema already at {result.after}: nothing to do")
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from collector.app import run
+
+    return run(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coinpulse",
+        description="CoinPulse: CoinCap market data into TimescaleDB. Configuration comes from the "
+                    "environment (COINPULSE_*, COINCAP_*); see README.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"coinpulse {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("migrate", help="create or upgrade the database schema (idempotent)").set_defaults(func=cmd_migrate)
+    sub.add_parser("run", help="run the collector until SIGTERM/SIGINT").set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        _setup_logging(settings.log_level)
+        code: int = args.func(settings, args)
+    except CoinPulseError as exc:
+        print(f"coinpulse {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
