@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     demo_tick_interval: float = Field(default=0.25, gt=0)
     demo_snapshot_interval: float = Field(default=10.0, gt=0)
 
+    # Raw data lifecycle, applied by `coinpulse migrate` (collector/db/lifecycle.py); rollups are kept.
+    retention_days: int = Field(default=90, ge=0, le=36500, description="days raw rows are kept; 0 = forever")
+    columnstore_after_days: int = Field(default=7, ge=1, le=36500, description="age at which raw chunks are compressed")
+
     @field_validator("assets", mode="before")
     @classmethod
     def _parse_assets(cls, value: Any) -> Any:

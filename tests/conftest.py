@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-from pgserver import Server, find_server
 from psycopg import sql
+
+from pgserver import Server, find_server
 
 _server: Server | None = None
 _names = itertools.count(1)
@@ -77,7 +78,15 @@ def migrated_url(make_database: Callable[[], str]) -> str:
 
     url = make_database()
     migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        pause_policies(conn)
     return url
+
+
+def pause_policies(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Unschedule the refresh/columnstore/retention jobs: in the background they would drop or compress test
+    rows mid-test (retention 90 days, columnstore 7 days). Tests that need a job run it with CALL run_job."""
+    conn.execute("SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs WHERE job_id >= 1000")
 
 
 TRUNCATE = """
@@ -88,6 +97,12 @@ BEGIN
              WHERE n.nspname = 'coinpulse' AND c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version'
     LOOP
         EXECUTE format('TRUNCATE coinpulse.%I RESTART IDENTITY CASCADE', t.relname);
+    END LOOP;
+    -- Emptying a continuous aggregate also resets its watermark, so every rollup is real-time again.
+    FOR t IN SELECT view_name AS relname FROM timescaledb_information.continuous_aggregates
+             WHERE view_schema = 'coinpulse'
+    LOOP
+        EXECUTE format('TRUNCATE coinpulse.%I', t.relname);
     END LOOP;
 END
 $$;

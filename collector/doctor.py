@@ -1,0 +1,283 @@
+"""`coinpulse doctor`: what is wrong with the database side of an installation, one line per check.
+
+``doctor_lines(url)`` returns ``Check(status, name, detail)`` tuples; the CLI prints ``format_check`` of each
+and exits with ``exit_code``. Checks: the server and the TimescaleDB version and edition; the migration
+state (current vs head revision); the job scheduler; every background job (refresh, columnstore and
+retention policies) with its last run, status and failures; each rollup's lag (now - materialization
+watermark); the retention rule (collector/db/lifecycle.py). The ``*_check`` helpers are pure functions of
+rows, tested without a database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal, NamedTuple
+
+import psycopg
+import sqlalchemy
+
+from collector.db.connect import connect, server_info
+from collector.db.lifecycle import RAW_TABLES, minimum_retention, raw_refresh_windows
+from collector.db.migrate import current_revision, head_revision
+from collector.db.rollups import ROLLUPS
+from collector.errors import CoinPulseError
+
+__all__ = ["Check", "JobRow", "LagRow", "database_checks", "doctor_lines", "exit_code", "format_check",
+           "job_check", "lag_check"]
+
+Status = Literal["OK", "WARN", "FAIL"]
+
+
+class Check(NamedTuple):
+    status: Status
+    name: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    job_id: int
+    kind: str  # refresh / columnstore / retention / the job's application name
+    target: str  # hypertable or rollup name, "" for other jobs
+    scheduled: bool
+    schedule_interval: timedelta
+    last_run_started_at: datetime | None
+    last_successful_finish: datetime | None
+    last_run_status: str | None  # 'Success' / 'Failed' / None (never ran)
+    next_start: datetime | None
+    total_runs: int
+    total_failures: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LagRow:
+    rollup: str
+    watermark: datetime | None  # None: nothing materialized yet
+    bucket: timedelta
+    end_offset: timedelta | None  # None: no refresh policy
+    schedule_interval: timedelta | None
+    source_has_rows: bool
+
+
+_KINDS = {
+    "policy_refresh_continuous_aggregate": "refresh",
+    "policy_compression": "columnstore",
+    "policy_retention": "retention",
+}
+
+
+def _ts(value: datetime | None) -> str:
+    return "never" if value is None else value.strftime("%Y-%m-%d %H:%M:%S%z")
+
+
+def _span(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400}d"
+    return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
+
+
+def job_check(job: JobRow, now: datetime) -> Check:
+    """OK / WARN (paused, no success for 3 intervals) / FAIL (last run failed) for one background job."""
+    name = f"job {job.job_id} {job.kind}" + (f" {job.target}" if job.target else "")
+    stats = f"failures {job.total_failures}/{job.total_runs}"
+    if not job.scheduled:
+        return Check("WARN", name, f"paused (scheduled = false); last run {_ts(job.last_run_started_at)}, {stats}")
+    if job.last_run_status == "Failed":
+        error = f": {job.last_error}" if job.last_error else ""
+        return Check("FAIL", name, f"last run {_ts(job.last_run_started_at)} failed, {stats}{error}")
+    if job.total_runs == 0 or job.last_run_started_at is None:
+        return Check("OK", name, f"not run yet (every {_span(job.schedule_interval)}), next {_ts(job.next_start)}")
+    if job.last_successful_finish is not None and now - job.last_successful_finish > 3 * job.schedule_interval:
+        return Check("WARN", name, f"no success since {_ts(job.last_successful_finish)} "
+                                   f"(runs every {_span(job.schedule_interval)}), {stats}")
+    return Check("OK", name, f"last run {_ts(job.last_run_started_at)} {job.last_run_status}, "
+                             f"next {_ts(job.next_start)}, {stats}")
+
+
+def lag_check(row: LagRow, now: datetime) -> Check:
+    """A rollup's lag: now - watermark, against end_offset + one bucket + two schedule intervals."""
+    name = f"rollup {row.rollup}"
+    if row.end_offset is None or row.schedule_interval is None:
+        return Check("WARN", name, "no refresh policy: only real-time aggregation and manual refreshes update it")
+    allowed = row.end_offset + row.bucket + 2 * row.schedule_interval
+    if row.watermark is None:
+        if not row.source_has_rows:
+            return Check("OK", name, "no data yet")
+        return Check("WARN", name, "nothing materialized yet: queries aggregate raw rows in real time until the "
+                                   "refresh policy runs")
+    lag = now - row.watermark
+    if lag > allowed:
+        return Check("WARN", name, f"lag {_span(lag)} (materialized up to {_ts(row.watermark)}) exceeds "
+                                   f"{_span(allowed)}: its refresh job is failing, or no new rows arrive")
+    return Check("OK", name, f"lag {_span(lag)} (materialized up to {_ts(row.watermark)}; "
+                             f"expected <= {_span(allowed)})")
+
+
+_JOBS = """
+SELECT j.job_id, j.proc_name, j.application_name, coalesce(j.hypertable_name, ''), j.scheduled,
+       j.schedule_interval,
+       CASE WHEN isfinite(s.last_run_started_at) THEN s.last_run_started_at END,
+       CASE WHEN isfinite(s.last_successful_finish) THEN s.last_successful_finish END,
+       s.last_run_status,
+       CASE WHEN isfinite(s.next_start) THEN s.next_start END,
+       coalesce(s.total_runs, 0), coalesce(s.total_failures, 0),
+       (SELECT e.err_message FROM timescaledb_information.job_errors e
+        WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC NULLS LAST LIMIT 1)
+FROM timescaledb_information.jobs j
+LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
+WHERE j.job_id >= 1000
+ORDER BY j.job_id
+"""
+
+_LAGS = """
+SELECT c.user_view_name,
+       CASE WHEN w.wm > 0 THEN _timescaledb_functions.to_timestamp(w.wm) END,
+       b.bucket_width::interval,
+       (j.config ->> 'end_offset')::interval,
+       j.schedule_interval
+FROM _timescaledb_catalog.continuous_agg c
+CROSS JOIN LATERAL (SELECT _timescaledb_functions.cagg_watermark(c.mat_hypertable_id) AS wm) w
+JOIN _timescaledb_catalog.continuous_aggs_bucket_function b ON b.mat_hypertable_id = c.mat_hypertable_id
+LEFT JOIN timescaledb_information.jobs j
+  ON j.hypertable_schema = c.user_view_schema AND j.hypertable_name = c.user_view_name
+ AND j.proc_name = 'policy_refresh_continuous_aggregate'
+WHERE c.user_view_schema = 'coinpulse'
+ORDER BY c.mat_hypertable_id
+"""
+
+_SCHEDULER = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'TimescaleDB Background Worker Scheduler'
+"""
+
+
+def _root_source(rollup: str) -> str | None:
+    by_name = {r.name: r for r in ROLLUPS}
+    seen = rollup
+    while seen in by_name:
+        seen = by_name[seen].source
+    return seen if seen in RAW_TABLES else None
+
+
+def _has_rows(conn: psycopg.Connection[tuple[object, ...]], table: str | None) -> bool:
+    if table is None:
+        return True
+    row = conn.execute(f"SELECT EXISTS (SELECT FROM coinpulse.{table})").fetchone()  # noqa: S608 - RAW_TABLES
+    return bool(row and row[0])
+
+
+def _edition_checks(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[list[Check], bool]:
+    info = server_info(conn)
+    checks = [Check("OK", "database", f"PostgreSQL {info.server_version}")]
+    if info.timescaledb_installed is None:
+        checks.append(Check("FAIL", "timescaledb", "extension not installed in this database: run `coinpulse migrate`"
+                            if info.timescaledb_available else "extension not available on this server"))
+        return checks, False
+    if not info.full_edition:
+        checks.append(Check("FAIL", "timescaledb", f"{info.timescaledb_installed}, edition: {info.edition}; the "
+                            "rollups need the full edition (timescaledb.license = 'timescale')"))
+        return checks, False
+    checks.append(Check("OK", "timescaledb", f"{info.timescaledb_installed}, edition: {info.edition}"))
+    return checks, True
+
+
+def database_checks(conn: psycopg.Connection[tuple[object, ...]]) -> list[Check]:
+    """Everything doctor checks through an open connection (all but the migration state)."""
+    checks, usable = _edition_checks(conn)
+    if not usable:
+        return checks
+    now_row = conn.execute("SELECT now()").fetchone()
+    assert now_row is not None and isinstance(now_row[0], datetime)
+    now = now_row[0]
+    row = conn.execute(_SCHEDULER).fetchone()
+    if row and int(str(row[0])) > 0:
+        checks.append(Check("OK", "scheduler", "running for this database"))
+    else:
+        checks.append(Check("WARN", "scheduler", "no TimescaleDB scheduler runs for this database, so no "
+                            "policy runs: check timescaledb.max_background_workers and the server log"))
+    for r in conn.execute(_JOBS).fetchall():
+        checks.append(job_check(JobRow(
+            job_id=int(str(r[0])), kind=_KINDS.get(str(r[1]), str(r[2])), target=str(r[3]),
+            scheduled=bool(r[4]), schedule_interval=r[5] if isinstance(r[5], timedelta) else timedelta(0),
+            last_run_started_at=_dt(r[6]), last_successful_finish=_dt(r[7]),
+            last_run_status=None if r[8] is None else str(r[8]), next_start=_dt(r[9]),
+            total_runs=int(str(r[10])), total_failures=int(str(r[11])),
+            last_error=None if r[12] is None else str(r[12]),
+        ), now))
+    for r in conn.execute(_LAGS).fetchall():
+        name = str(r[0])
+        checks.append(lag_check(LagRow(
+            rollup=name, watermark=_dt(r[1]), bucket=r[2] if isinstance(r[2], timedelta) else timedelta(0),
+            end_offset=r[3] if isinstance(r[3], timedelta) else None,
+            schedule_interval=r[4] if isinstance(r[4], timedelta) else None,
+            source_has_rows=_has_rows(conn, _root_source(name)) if r[1] is None else True,
+        ), now))
+    checks.append(_retention_check(conn))
+    return checks
+
+
+def _retention_check(conn: psycopg.Connection[tuple[object, ...]]) -> Check:
+    minimum = minimum_retention(raw_refresh_windows(conn))
+    rows = conn.execute(
+        "SELECT hypertable_name, (config ->> 'drop_after')::interval FROM timescaledb_information.jobs "
+        "WHERE proc_name = 'policy_retention' AND hypertable_schema = 'coinpulse' ORDER BY 1").fetchall()
+    if not rows:
+        return Check("OK", "retention rule", "no retention policy: raw rows are kept forever")
+    floor = "none (a refresh policy reads from the beginning of time)" if minimum is None else _span(minimum)
+    short = [f"{r[0]} ({_span(r[1]) if isinstance(r[1], timedelta) else r[1]})" for r in rows
+             if not isinstance(r[1], timedelta) or minimum is None or r[1] < minimum]
+    if short:
+        return Check("FAIL", "retention rule", f"retention shorter than the refresh windows allow (minimum {floor}): "
+                     f"{', '.join(short)}; run `coinpulse migrate` with a longer COINPULSE_RETENTION_DAYS")
+    kept = sorted({_span(r[1]) for r in rows if isinstance(r[1], timedelta)})
+    return Check("OK", "retention rule", f"raw rows kept {', '.join(kept)} >= minimum {floor} "
+                 "(largest refresh start_offset on raw data + 1 day)")
+
+
+def _dt(value: object) -> datetime | None:
+    return value if isinstance(value, datetime) else None
+
+
+def doctor_lines(url: str) -> list[Check]:
+    """Run every check against the database at ``url``; never raises for a problem it can report."""
+    try:
+        with connect(url, autocommit=True, application_name="coinpulse-doctor") as conn:
+            checks = database_checks(conn)
+    except CoinPulseError as exc:
+        return [Check("FAIL", "database", str(exc))]
+    except psycopg.Error as exc:
+        return [Check("FAIL", "database", str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))]
+    head = head_revision()
+    try:
+        current = current_revision(url)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        checks.insert(min(2, len(checks)), Check("FAIL", "migrations", f"cannot read the revision: {reason}"))
+        return checks
+    if current is None:
+        migration = Check("FAIL", "migrations", f"not migrated (head is {head}): run `coinpulse migrate`")
+    elif current != head:
+        migration = Check("FAIL", "migrations", f"at {current}, head is {head}: run `coinpulse migrate`")
+    else:
+        migration = Check("OK", "migrations", f"at head ({head})")
+    checks.insert(min(2, len(checks)), migration)
+    return checks
+
+
+def format_check(check: Check) -> str:
+    """One printable line: status, check name, detail."""
+    return f"{check.status:<4}  {check.name:<36}  {check.detail}"
+
+
+def exit_code(checks: list[Check]) -> int:
+    """1 if any check failed, else 0 (warnings do not fail)."""
+    return 1 if any(c.status == "FAIL" for c in checks) else 0

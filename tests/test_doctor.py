@@ -1,0 +1,113 @@
+"""`coinpulse doctor`: the pure checks on made-up rows, and the whole report against real databases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from collector.db.migrate import head_revision, migrate
+from collector.db.rollups import ROLLUPS, refresh_window
+from collector.doctor import Check, JobRow, LagRow, doctor_lines, exit_code, format_check, job_check, lag_check
+from conftest import pause_policies
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def job(**changes: object) -> JobRow:
+    base: dict[str, object] = dict(
+        job_id=1000, kind="refresh", target="candles_1m", scheduled=True, schedule_interval=timedelta(minutes=1),
+        last_run_started_at=NOW - timedelta(seconds=30), last_successful_finish=NOW - timedelta(seconds=29),
+        last_run_status="Success", next_start=NOW + timedelta(seconds=30), total_runs=100, total_failures=2,
+        last_error=None)
+    base.update(changes)
+    return JobRow(**base)  # type: ignore[arg-type]
+
+
+def test_job_check_statuses() -> None:
+    ok = job_check(job(), NOW)
+    assert ok.status == "OK" and ok.name == "job 1000 refresh candles_1m" and "failures 2/100" in ok.detail
+    failed = job_check(job(last_run_status="Failed", last_error="permission denied for table price_ticks"), NOW)
+    assert failed.status == "FAIL" and "permission denied for table price_ticks" in failed.detail
+    paused = job_check(job(scheduled=False), NOW)
+    assert paused.status == "WARN" and "paused" in paused.detail
+    stale = job_check(job(last_successful_finish=NOW - timedelta(minutes=10)), NOW)
+    assert stale.status == "WARN" and "no success since" in stale.detail
+    new = job_check(job(total_runs=0, last_run_started_at=None, last_successful_finish=None, last_run_status=None),
+                    NOW)
+    assert new.status == "OK" and "not run yet" in new.detail
+
+
+def lag(**changes: object) -> LagRow:
+    base: dict[str, object] = dict(rollup="candles_1h", watermark=NOW - timedelta(hours=1), bucket=timedelta(hours=1),
+                                   end_offset=timedelta(hours=1), schedule_interval=timedelta(minutes=30),
+                                   source_has_rows=True)
+    base.update(changes)
+    return LagRow(**base)  # type: ignore[arg-type]
+
+
+def test_lag_check_statuses() -> None:
+    ok = lag_check(lag(), NOW)
+    assert ok.status == "OK" and "lag 60m" in ok.detail and "expected <= 3h00m" in ok.detail
+    behind = lag_check(lag(watermark=NOW - timedelta(hours=5)), NOW)
+    assert behind.status == "WARN" and "lag 5h00m" in behind.detail
+    assert lag_check(lag(watermark=None, source_has_rows=False), NOW) == Check("OK", "rollup candles_1h", "no data yet")
+    assert lag_check(lag(watermark=None), NOW).status == "WARN"
+    assert lag_check(lag(end_offset=None, schedule_interval=None), NOW).status == "WARN"
+
+
+def test_format_and_exit_code() -> None:
+    checks = [Check("OK", "database", "PostgreSQL 15"), Check("WARN", "x", "y")]
+    assert exit_code(checks) == 0 and exit_code([*checks, Check("FAIL", "z", "w")]) == 1
+    assert format_check(checks[0]).split() == ["OK", "database", "PostgreSQL", "15"]
+
+
+@pytest.mark.full_edition
+def test_doctor_on_a_migrated_database(make_database: Callable[[], str]) -> None:
+    url = make_database()
+    migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        pause_policies(conn)
+        now = conn.execute("SELECT now()").fetchone()
+        assert now is not None and isinstance(now[0], datetime)
+        conn.execute("INSERT INTO coinpulse.price_ticks SELECT t, 'bitcoin', 100, 'demo' "
+                     "FROM generate_series(now() - interval '2 days', now(), interval '1 minute') t")
+        refresh_window(conn, now[0] - timedelta(days=2), now[0])
+    checks = doctor_lines(url)
+    by_name = {c.name: c for c in checks}
+    assert [c.name for c in checks[:3]] == ["database", "timescaledb", "migrations"]
+    assert by_name["timescaledb"].status == "OK" and "full (Timescale License)" in by_name["timescaledb"].detail
+    assert by_name["migrations"] == Check("OK", "migrations", f"at head ({head_revision()})")
+    jobs = [c for c in checks if c.name.startswith("job ")]
+    kinds = sorted(c.name.split()[2] for c in jobs)
+    assert kinds == ["columnstore"] * 5 + ["refresh"] * len(ROLLUPS) + ["retention"] * 5
+    assert all(c.status == "WARN" and "paused" in c.detail for c in jobs)  # paused above
+    assert {c.name for c in checks if c.name.startswith("rollup ")} == {f"rollup {r.name}" for r in ROLLUPS}
+    assert by_name["rollup candles_1m"].status == "OK" and "lag " in by_name["rollup candles_1m"].detail
+    assert by_name["rollup asset_volume_1h"] == Check("OK", "rollup asset_volume_1h", "no data yet")
+    assert by_name["retention rule"].status == "OK" and "90d >= minimum 2d" in by_name["retention rule"].detail
+    assert exit_code(checks) == 0
+    assert all("\n" not in format_check(c) for c in checks)
+
+    with psycopg.connect(url, autocommit=True) as conn:  # break the retention rule behind migrate's back
+        conn.execute("SELECT remove_retention_policy('coinpulse.price_ticks')")
+        conn.execute("SELECT add_retention_policy('coinpulse.price_ticks', drop_after => INTERVAL '12 hours')")
+    rule = {c.name: c for c in doctor_lines(url)}["retention rule"]
+    assert rule.status == "FAIL" and "price_ticks (12h00m)" in rule.detail
+
+
+def test_doctor_on_an_empty_database(make_database: Callable[[], str]) -> None:
+    url = make_database()
+    checks = doctor_lines(url)
+    by_name = {c.name: c for c in checks}
+    assert by_name["timescaledb"].status == "FAIL" and "coinpulse migrate" in by_name["timescaledb"].detail
+    assert by_name["migrations"].status == "FAIL" and "run `coinpulse migrate`" in by_name["migrations"].detail
+    assert exit_code(checks) == 1
+
+
+def test_doctor_when_the_database_is_unreachable() -> None:
+    checks = doctor_lines("postgresql://nobody:secret@127.0.0.1:1/none")
+    assert len(checks) == 1 and checks[0].status == "FAIL" and checks[0].name == "database"
+    assert "cannot connect" in checks[0].detail and "secret" not in checks[0].detail
