@@ -27,7 +27,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from collector.db.migrate import migrate
 
     url = settings.database_url.get_secret_value()
-    result = migrate(url)
+    result = migrate(url, retention_days=settings.retention_days,
+                     columnstore_after_days=settings.columnstore_after_days)
     info = result.server
     print(f"database: {redact_url(url)}")
     print(f"timescaledb {info.timescaledb_installed}, edition: {info.edition}")
@@ -35,7 +36,21 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         print(f"schema migrated: {result.before or 'empty'} -> {result.after}")
     else:
         print(f"schema already at {result.after}: nothing to do")
+    for line in result.lifecycle:
+        print(f"policy changed: {line}")
     return 0
+
+
+def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from collector.doctor import doctor_lines, exit_code, format_check, settings_checks
+
+    checks = settings_checks(settings) + doctor_lines(settings.database_url.get_secret_value())
+    for check in checks:
+        print(format_check(check))
+    failed = sum(c.status == "FAIL" for c in checks)
+    warned = sum(c.status == "WARN" for c in checks)
+    print(f"{len(checks)} checks: {failed} failed, {warned} warnings")
+    return exit_code(checks)
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -54,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("migrate", help="create or upgrade the database schema (idempotent)").set_defaults(func=cmd_migrate)
     sub.add_parser("run", help="run the collector until SIGTERM/SIGINT").set_defaults(func=cmd_run)
+    sub.add_parser("doctor", help="check the database, TimescaleDB edition, migrations, policy jobs, rollup lag "
+                   "and configuration; exit 1 if anything fails").set_defaults(func=cmd_doctor)
     return parser
 
 

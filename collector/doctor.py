@@ -22,9 +22,10 @@ from collector.db.lifecycle import RAW_TABLES, minimum_retention, raw_refresh_wi
 from collector.db.migrate import current_revision, head_revision
 from collector.db.rollups import ROLLUPS
 from collector.errors import CoinPulseError
+from collector.settings import Settings, redact_url
 
 __all__ = ["Check", "JobRow", "LagRow", "database_checks", "doctor_lines", "exit_code", "format_check",
-           "job_check", "lag_check"]
+           "job_check", "lag_check", "settings_checks"]
 
 Status = Literal["OK", "WARN", "FAIL"]
 
@@ -173,6 +174,28 @@ def _has_rows(conn: psycopg.Connection[tuple[object, ...]], table: str | None) -
         return True
     row = conn.execute(f"SELECT EXISTS (SELECT FROM coinpulse.{table})").fetchone()  # noqa: S608 - RAW_TABLES
     return bool(row and row[0])
+
+
+def settings_checks(settings: Settings) -> list[Check]:
+    """What the configuration means, without secrets: feed, API key presence, database, assets."""
+    url = settings.database_url.get_secret_value()
+    feed = settings.resolved_feed
+    has_key = settings.coincap_api_key is not None and bool(settings.coincap_api_key.get_secret_value())
+    checks = [Check("OK", "config: database", redact_url(url))]
+    if feed == "demo":
+        status: Status = "WARN" if settings.feed != "demo" and not has_key else "OK"
+        why = "COINPULSE_FEED=demo" if settings.feed == "demo" else "no COINCAP_API_KEY"
+        checks.append(Check(status, "config: feed", f"demo (synthetic prices, source='demo'): {why}"))
+    else:
+        checks.append(Check("OK", "config: feed", f"{feed} (COINPULSE_FEED={settings.feed}), CoinCap at "
+                            f"{settings.coincap_rest_url}"))
+    checks.append(Check("OK" if has_key or feed == "demo" else "FAIL", "config: api key",
+                        "set (not shown)" if has_key else "not set: live feeds need COINCAP_API_KEY"))
+    assets = "ALL" if settings.assets == "ALL" else f"{len(settings.assets)} ({', '.join(settings.assets[:5])}"
+    if settings.assets != "ALL":
+        assets += ", ...)" if len(settings.assets) > 5 else ")"
+    checks.append(Check("OK", "config: assets", assets))
+    return checks
 
 
 def _edition_checks(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[list[Check], bool]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -10,7 +13,18 @@ import pytest
 
 from collector.db.migrate import head_revision, migrate
 from collector.db.rollups import ROLLUPS, refresh_window
-from collector.doctor import Check, JobRow, LagRow, doctor_lines, exit_code, format_check, job_check, lag_check
+from collector.doctor import (
+    Check,
+    JobRow,
+    LagRow,
+    doctor_lines,
+    exit_code,
+    format_check,
+    job_check,
+    lag_check,
+    settings_checks,
+)
+from collector.settings import load_settings
 from conftest import pause_policies
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -111,3 +125,54 @@ def test_doctor_when_the_database_is_unreachable() -> None:
     checks = doctor_lines("postgresql://nobody:secret@127.0.0.1:1/none")
     assert len(checks) == 1 and checks[0].status == "FAIL" and checks[0].name == "database"
     assert "cannot connect" in checks[0].detail and "secret" not in checks[0].detail
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COINPULSE_", "COINCAP_"))}
+    return subprocess.run([sys.executable, "-m", "collector.cli", *args], env={**clean, **env},
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.full_edition
+def test_cli_migrate_applies_the_configured_lifecycle_then_doctor_reports_it(
+        make_database: Callable[[], str]) -> None:
+    url = make_database()
+    env = {"COINPULSE_DATABASE_URL": url, "COINPULSE_RETENTION_DAYS": "30", "COINPULSE_COLUMNSTORE_AFTER_DAYS": "3",
+           "COINCAP_API_KEY": "doctor-test-key-123"}
+    first = run_cli("migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "policy changed: retention coinpulse.price_ticks: 90 days -> 30 days" in first.stdout
+    assert "policy changed: columnstore coinpulse.price_ticks: 7 days -> 3 days" in first.stdout
+    second = run_cli("migrate", env=env)
+    assert second.returncode == 0 and "policy changed" not in second.stdout and "nothing to do" in second.stdout
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Paused, so that the verdict does not depend on background workers; on this machine's build
+        # (TimescaleDB 2.28.3 on PostgreSQL 15.20) every background job fails, which doctor reports as FAIL.
+        pause_policies(conn)
+    doctor = run_cli("doctor", env=env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    lines = doctor.stdout.splitlines()
+    assert any(line.split()[:4] == ["OK", "config:", "api", "key"] and "set (not shown)" in line for line in lines)
+    assert "doctor-test-key-123" not in doctor.stdout + doctor.stderr
+    assert any(line.startswith("OK") and "retention rule" in line and "30d" in line for line in lines)
+    assert not [line for line in lines if line.startswith("FAIL")]
+    assert " 0 failed, " in lines[-1]
+
+
+def test_cli_doctor_on_an_unreachable_database_fails_with_one_line_per_problem() -> None:
+    out = run_cli("doctor", env={"COINPULSE_DATABASE_URL": "postgresql://nobody:pw-secret@127.0.0.1:1/none"})
+    assert out.returncode == 1
+    assert "pw-secret" not in out.stdout + out.stderr and "Traceback" not in out.stderr
+    assert any(line.startswith("FAIL") and "cannot connect" in line for line in out.stdout.splitlines())
+    assert any(line.startswith("WARN") and "config: feed" in line and "no COINCAP_API_KEY" in line
+               for line in out.stdout.splitlines())
+
+
+def test_settings_checks_without_and_with_a_live_feed() -> None:
+    demo = {c.name: c for c in settings_checks(load_settings({"COINPULSE_FEED": "demo"}))}
+    assert demo["config: feed"].status == "OK" and demo["config: api key"].status == "OK"
+    missing = {c.name: c for c in settings_checks(load_settings({"COINPULSE_FEED": "rest"}))}
+    assert missing["config: api key"].status == "FAIL"
+    assets = {c.name: c for c in settings_checks(load_settings({"COINPULSE_ASSETS": "bitcoin,ethereum"}))}
+    assert assets["config: assets"].detail == "2 (bitcoin, ethereum)"

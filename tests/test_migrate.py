@@ -7,7 +7,8 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from collector.db.migrate import head_revision, migrate
+from collector.db.connect import ServerInfo
+from collector.db.migrate import head_revision, migrate, require_full_edition
 from collector.errors import DatabaseError, ExtensionMissing
 
 HYPERTABLES = {"price_ticks", "asset_snapshots", "exchange_snapshots", "market_snapshots", "rate_snapshots"}
@@ -84,3 +85,11 @@ def test_missing_extension_is_one_clear_line(pg_server: object) -> None:
         require_timescaledb(ServerInfo("15.8", None, None, False, None))
     with pytest.raises(ExtensionMissing, match="shared_preload_libraries"):
         require_timescaledb(ServerInfo("15.8", "2.28.3", None, False, None))
+
+
+def test_the_apache_edition_is_refused_with_what_to_do() -> None:
+    info = ServerInfo(server_version="15.20", timescaledb_available="2.28.3", timescaledb_installed="2.28.3",
+                      preloaded=True, license="apache")
+    with pytest.raises(ExtensionMissing, match=r"need the full edition: set timescaledb\.license = 'timescale'"):
+        require_full_edition(info)
+    require_full_edition(ServerInfo("15.20", "2.28.3", "2.28.3", True, "timescale"))

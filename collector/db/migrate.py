@@ -1,4 +1,8 @@
-"""`coinpulse migrate`: preflight checks, then alembic upgrade to head. Idempotent."""
+"""`coinpulse migrate`: preflight checks, alembic upgrade to head, then the configured data lifecycle.
+
+Idempotent. The rollups (continuous aggregates, policies, columnstore) need the full TimescaleDB edition;
+on the Apache-2 edition migrate stops before changing anything and says so.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from collector.db.connect import ServerInfo, connect, require_timescaledb, server_info
+from collector.db.lifecycle import apply_lifecycle
 from collector.db.resources import migrations_dir
-from collector.errors import DatabaseError
+from collector.errors import DatabaseError, ExtensionMissing
 
 __all__ = ["MigrateResult", "alembic_config", "current_revision", "head_revision", "migrate"]
 
@@ -26,6 +31,7 @@ class MigrateResult:
     before: str | None
     after: str | None
     server: ServerInfo
+    lifecycle: tuple[str, ...] = ()  # policy changes made (empty when already as configured)
 
     @property
     def changed(self) -> bool:
@@ -60,8 +66,11 @@ def current_revision(url: str) -> str | None:
         engine.dispose()
 
 
-def migrate(url: str) -> MigrateResult:
-    """Create or upgrade the schema. Raises a CoinPulseError with one clear line on failure."""
+def migrate(url: str, *, retention_days: int = 90, columnstore_after_days: int = 7) -> MigrateResult:
+    """Create or upgrade the schema, then set the raw data lifecycle (retention 0 = keep forever).
+
+    Raises a CoinPulseError with one clear line on failure.
+    """
     with connect(url, autocommit=True, application_name="coinpulse-migrate") as conn:
         info = server_info(conn)
         require_timescaledb(info)
@@ -71,6 +80,7 @@ def migrate(url: str) -> MigrateResult:
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot prepare the database: {_first_line(exc)}") from None
         info = server_info(conn)
+        require_full_edition(info)
     log.info("migrate server=%s timescaledb=%s edition=%s", info.server_version, info.timescaledb_installed,
              info.license)
     engine = _engine(url)
@@ -93,7 +103,23 @@ def migrate(url: str) -> MigrateResult:
             ).get_current_revision()
     finally:
         engine.dispose()
-    return MigrateResult(before=before, after=after, server=info)
+    with connect(url, autocommit=True, application_name="coinpulse-migrate") as conn:
+        try:
+            changes = apply_lifecycle(conn, retention_days=retention_days,
+                                      columnstore_after_days=columnstore_after_days)
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot set the data lifecycle policies: {_first_line(exc)}") from None
+    return MigrateResult(before=before, after=after, server=info, lifecycle=tuple(changes))
+
+
+def require_full_edition(info: ServerInfo) -> None:
+    """Raise ExtensionMissing unless the server runs the full (Timescale License) edition."""
+    if not info.full_edition:
+        raise ExtensionMissing(
+            f"TimescaleDB {info.timescaledb_installed or info.timescaledb_available} runs as the {info.edition} "
+            "edition; CoinPulse's rollups need the full edition: set timescaledb.license = 'timescale' in "
+            "postgresql.conf (with a build that ships it, e.g. the timescale/timescaledb images), restart the "
+            "server, and run `coinpulse migrate` again")
 
 
 def _first_line(exc: BaseException) -> str:
