@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 from collector.backoff import Backoff
+from collector.budget import CreditPlanner, PollSpec
 from collector.buffer import RecordQueue
 from collector.coincap.models import ParseResult, Tick
 from collector.coincap.parse import parse_price_message, ticks_from_assets
@@ -30,13 +31,45 @@ from collector.scheduler import Job, Scheduler
 from collector.settings import Settings
 from collector.writer import BatchWriter
 
-__all__ = ["Collector", "run"]
+__all__ = ["Collector", "credit_planner", "run"]
 
 log = logging.getLogger(__name__)
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_EXCHANGES_ESTIMATE = 150  # CoinCap lists about this many exchanges; observed sizes replace the estimate
+_RATES_ESTIMATE = 180
+
+
+def _asset_rows(settings: Settings) -> tuple[int, int]:
+    """Rows and calls of one /assets poll (explicit ids in one call; ALL in pages of 2,000)."""
+    if settings.assets == "ALL":
+        return settings.rest_asset_limit, -(-settings.rest_asset_limit // 2000)
+    return len(settings.assets), 1
+
+
+def price_poll(settings: Settings) -> PollSpec:
+    rows, calls = _asset_rows(settings)
+    return PollSpec.estimate("prices", settings.rest_price_interval, rows, "asset", calls)
+
+
+def credit_planner(settings: Settings, *, websocket: bool) -> CreditPlanner | None:
+    """The credit plan of a live feed (None for the demo feed, which calls nothing)."""
+    if settings.resolved_feed == "demo":
+        return None
+    rows, calls = _asset_rows(settings)
+    polls = [
+        PollSpec.estimate("assets", settings.snapshot_assets_interval, rows, "asset", calls),
+        PollSpec.estimate("exchanges", settings.snapshot_exchanges_interval, _EXCHANGES_ESTIMATE, "exchange"),
+        PollSpec.estimate("markets", settings.snapshot_markets_interval, settings.markets_limit, "market"),
+        PollSpec.estimate("rates", settings.snapshot_rates_interval, _RATES_ESTIMATE, "rate"),
+    ]
+    if not websocket:
+        polls.append(price_poll(settings))
+    return CreditPlanner(settings.credit_budget or None, polls, websocket=websocket)
 
 
 class Collector:
@@ -65,6 +98,9 @@ class Collector:
                                     metrics=self.metrics)
         for feed in ("ws", "rest", "demo"):
             self.metrics.feed_info.labels(feed=feed).set(1 if feed == self.feed else 0)
+        self.planner = credit_planner(settings, websocket=self.feed == "ws")
+        if self.planner is not None:
+            self._log_plan("credit plan")
 
     # -- sources ------------------------------------------------------------------------------------------
 
@@ -92,8 +128,23 @@ class Collector:
             Job("rates", s.snapshot_rates_interval, rest.rates),
         ]
 
+    def _log_plan(self, what: str) -> None:
+        assert self.planner is not None
+        level = logging.INFO if self.planner.fits else logging.WARNING
+        for line in self.planner.describe():
+            log.log(level, "%s %s", what, line)
+        if not self.planner.fits:
+            log.warning("the credit budget (COINPULSE_CREDIT_BUDGET=%d a month) cannot cover this configuration: "
+                        "polls run at most once a day; set your plan's credits or poll fewer COINPULSE_ASSETS",
+                        self.settings.credit_budget)
+
+    def _scheduler(self, jobs: list[Job]) -> Scheduler:
+        rest = self.rest
+        meter = None if rest is None else (lambda: rest.credits_used)
+        return Scheduler(jobs, self.intake, planner=self.planner, credit_meter=meter)
+
     def _price_polling(self) -> Scheduler:
-        return Scheduler([Job("prices", self.settings.rest_price_interval, self._fetch_prices)], self.intake)
+        return self._scheduler([Job("prices", self.settings.rest_price_interval, self._fetch_prices)])
 
     def _stream_then_poll(self, stop: threading.Event) -> None:
         s = self.settings
@@ -109,6 +160,10 @@ class Collector:
                         "every %.0fs instead (COINPULSE_REST_PRICE_INTERVAL)", s.rest_price_interval)
         self.metrics.feed_info.labels(feed="ws").set(0)
         self.metrics.feed_info.labels(feed="rest").set(1)
+        if self.planner is not None:
+            self.planner.set_websocket(False)
+            self.planner.add(price_poll(s))
+            self._log_plan("credit plan without WebSocket")
         self._price_polling().run(stop)
 
     def _sources(self) -> dict[str, Callable[[threading.Event], None]]:
@@ -118,7 +173,7 @@ class Collector:
                             snapshot_interval=s.demo_snapshot_interval, markets_limit=s.markets_limit)
             return {"demo": demo.run}
         sources: dict[str, Callable[[threading.Event], None]] = {
-            "snapshots": Scheduler(self.snapshot_jobs(), self.intake).run}
+            "snapshots": self._scheduler(self.snapshot_jobs()).run}
         if self.feed == "ws":
             sources["prices"] = self._stream_then_poll
         else:
@@ -184,6 +239,8 @@ class Collector:
         up_for = time.monotonic() - self._started
         newest = self.metrics.newest_tick_at()
         stale = self.settings.stale_after
+        if self.planner is not None and self.planner.knows("prices"):  # polled prices: allow two poll periods
+            stale = max(stale, 2 * self.planner.interval("prices") + self.settings.http_timeout)
         if newest is None:
             if up_for > stale:
                 failing["ticks"] = f"no price tick received in {up_for:.0f}s since start"

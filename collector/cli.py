@@ -42,9 +42,14 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
-    from collector.doctor import doctor_lines, exit_code, format_check, settings_checks
+    from collector.app import credit_planner
+    from collector.doctor import doctor_lines, exit_code, format_check, plan_checks, settings_checks
 
-    checks = settings_checks(settings) + doctor_lines(settings.database_url.get_secret_value())
+    checks = settings_checks(settings)
+    planner = credit_planner(settings, websocket=settings.resolved_feed == "ws")
+    if planner is not None:
+        checks += plan_checks(planner)
+    checks += doctor_lines(settings.database_url.get_secret_value())
     for check in checks:
         print(format_check(check))
     failed = sum(c.status == "FAIL" for c in checks)

@@ -17,6 +17,7 @@ from typing import Literal, NamedTuple
 import psycopg
 import sqlalchemy
 
+from collector.budget import CreditPlanner
 from collector.db.connect import connect, server_info
 from collector.db.lifecycle import RAW_TABLES, minimum_retention, raw_refresh_windows
 from collector.db.migrate import current_revision, head_revision
@@ -25,7 +26,7 @@ from collector.errors import CoinPulseError
 from collector.settings import Settings, redact_url
 
 __all__ = ["Check", "JobRow", "LagRow", "database_checks", "doctor_lines", "exit_code", "format_check",
-           "job_check", "lag_check", "settings_checks"]
+           "job_check", "lag_check", "plan_checks", "settings_checks"]
 
 Status = Literal["OK", "WARN", "FAIL"]
 
@@ -195,6 +196,16 @@ def settings_checks(settings: Settings) -> list[Check]:
     if settings.assets != "ALL":
         assets += ", ...)" if len(settings.assets) > 5 else ")"
     checks.append(Check("OK", "config: assets", assets))
+    return checks
+
+
+def plan_checks(planner: CreditPlanner) -> list[Check]:
+    """The API credit plan, one line per stream or poll; WARN when the budget cannot cover it."""
+    lines = planner.describe()
+    checks = [Check("OK", "credit plan", line) for line in lines[:-1]]
+    checks.append(Check("OK" if planner.fits else "WARN", "credit plan", lines[-1] + (
+        "" if planner.fits else ": set COINPULSE_CREDIT_BUDGET to your plan's monthly credits or poll fewer "
+        "COINPULSE_ASSETS")))
     return checks
 
 

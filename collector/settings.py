@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     http_timeout: float = Field(default=10.0, gt=0)
     ws_watchdog: float = Field(default=30.0, gt=0)
     rest_price_interval: float = Field(default=30.0, ge=1)
+    # CoinCap credits per month that polling and the stream may spend (collector/budget.py); 0 = no limit.
+    # The default is the free plan's 4,000: set your plan's figure.
+    credit_budget: int = Field(default=4000, ge=0)
     snapshot_assets_interval: float = Field(default=300.0, ge=1)
     snapshot_exchanges_interval: float = Field(default=900.0, ge=1)
     snapshot_markets_interval: float = Field(default=900.0, ge=1)

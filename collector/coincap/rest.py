@@ -112,6 +112,8 @@ class CoinCapRest:
         self._backoff = backoff if backoff is not None else Backoff(initial=1.0, cap=30.0)
         self._max_attempts = max_attempts
         self._clock = clock if clock is not None else _utcnow
+        self.credits_used = 0
+        """Credits this client's answered calls cost so far (the same estimate as ``credits_for``)."""
 
     def close(self) -> None:
         """Close the HTTP session if this client created it."""
@@ -259,6 +261,8 @@ class CoinCapRest:
         raise CoinCapUnavailable(f"CoinCap unreachable for {endpoint} after {attempt} attempts: {problem}")
 
     def _count(self, endpoint: str, status: str, n_bytes: int) -> None:
+        if status != "error":
+            self.credits_used += credits_for(n_bytes)
         if self._metrics is None:
             return
         self._metrics.api_requests.labels(endpoint=endpoint, status=status).inc()
