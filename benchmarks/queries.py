@@ -19,6 +19,7 @@ Target (README): 1y x 100 assets daily candles from the rollup < 20 ms and >= 50
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -171,6 +172,139 @@ def measure(url: str, start: datetime, end: datetime, runs: int, asset: str) -> 
     return lines
 
 
+# ---- Dashboard panel queries (issue 6): every SQL panel of grafana/dashboards/, expanded as Grafana does
+# (tests/grafana_sql.py), timed (server time) for the dashboard's default time range and for a year.
+
+DASHBOARD_ASSET_SNAPSHOTS = """
+INSERT INTO coinpulse.asset_snapshots (time, asset_id, rank, symbol, name, supply, market_cap_usd, volume_usd_24hr,
+                                       price_usd, source)
+SELECT t, 'asset-' || lpad(a::text, 3, '0'), a + 1, 'A' || a, 'Asset ' || a, 1e6 * (a + 1),
+       1e9 * (100 - a) * (1.2 + sin(extract(epoch FROM t) / 86400.0 / 9 + a)),
+       1e8 * (100 - a) * (1.1 + cos(extract(epoch FROM t) / 86400.0 / 3 + a)), 10 + a, 'demo'
+FROM generate_series(%(start)s::timestamptz, %(end)s::timestamptz, %(every)s::interval) t
+CROSS JOIN generate_series(0, %(assets)s::int - 1) a
+"""
+
+DASHBOARD_EXCHANGE_SNAPSHOTS = """
+INSERT INTO coinpulse.exchange_snapshots (time, exchange_id, name, rank, percent_total_volume, volume_usd,
+                                          trading_pairs, source)
+SELECT t, 'exchange-' || lpad(e::text, 2, '0'), 'Exchange ' || e, e + 1, 100.0 / (e + 2) / 2,
+       1e9 / (e + 1) * (1.5 + sin(extract(epoch FROM t) / 86400.0 + e)), 100 + e, 'demo'
+FROM generate_series(%(start)s::timestamptz, %(end)s::timestamptz, %(every)s::interval) t
+CROSS JOIN generate_series(0, 19) e
+"""
+
+DASHBOARD_MARKET_SNAPSHOTS = """
+INSERT INTO coinpulse.market_snapshots (time, exchange_id, base_id, quote_id, base_symbol, quote_symbol, rank,
+                                        price_usd, volume_usd_24hr, percent_exchange_volume, trades_count_24hr,
+                                        source)
+SELECT t, 'exchange-' || lpad((m %% 20)::text, 2, '0'), 'asset-' || lpad((m / 2 %% 100)::text, 3, '0'),
+       CASE WHEN m %% 2 = 0 THEN 'tether' ELSE 'united-states-dollar' END, 'A' || (m / 2 %% 100),
+       CASE WHEN m %% 2 = 0 THEN 'USDT' ELSE 'USD' END, m + 1,
+       (10 + m) * (1 + 0.001 * sin(m + extract(epoch FROM t) / 900)), 1e7 * (200 - m), 1, 1000 + m, 'demo'
+FROM generate_series(%(start)s::timestamptz, %(end)s::timestamptz, %(every)s::interval) t
+CROSS JOIN generate_series(0, 199) m
+"""
+
+
+def load_dashboard_data(url: str, assets: int, days: int) -> None:
+    """Dimension rows and snapshots beside the ticks: /assets snapshots of every asset and /exchanges snapshots
+    of 20 exchanges every 15 minutes for ``days``, /markets polls of 200 markets every 15 minutes for a week;
+    then the volume rollups are materialized. Skipped when asset snapshots are already there."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        have = conn.execute("SELECT count(*) FROM coinpulse.asset_snapshots").fetchone()
+        assert have is not None
+        if have[0]:
+            say(f"reusing the {have[0]:,} asset snapshots already loaded")
+            return
+        row = conn.execute("SELECT date_trunc('hour', now())").fetchone()
+        assert row is not None
+        end: datetime = row[0]
+        start = end - timedelta(days=days)
+        started = time.perf_counter()
+        conn.execute("INSERT INTO coinpulse.assets (asset_id, symbol, name, rank) SELECT 'asset-' || "
+                     "lpad(a::text, 3, '0'), 'A' || a, 'Asset ' || a, a + 1 FROM generate_series(0, %s - 1) a "
+                     "ON CONFLICT DO NOTHING", (assets,))
+        conn.execute("INSERT INTO coinpulse.exchanges (exchange_id, name, rank) SELECT 'exchange-' || "
+                     "lpad(e::text, 2, '0'), 'Exchange ' || e, e + 1 FROM generate_series(0, 19) e "
+                     "ON CONFLICT DO NOTHING")
+        every = timedelta(minutes=15)
+        lo = start
+        while lo < end:
+            hi = min(lo + timedelta(days=30), end)
+            params = {"start": lo, "end": hi - timedelta(minutes=1), "every": every, "assets": assets}
+            conn.execute(DASHBOARD_ASSET_SNAPSHOTS, params)
+            conn.execute(DASHBOARD_EXCHANGE_SNAPSHOTS, params)
+            lo = hi
+        conn.execute(DASHBOARD_MARKET_SNAPSHOTS, {"start": end - timedelta(days=7), "end": end, "every": every})
+        lo = start
+        while lo < end:
+            hi = min(lo + timedelta(days=30), end)
+            refresh_window(conn, lo, hi)
+            lo = hi
+        conn.execute("VACUUM ANALYZE")
+        say(f"dashboard snapshots loaded and rolled up in {time.perf_counter() - started:.0f} s")
+
+
+def _explain_ms(conn: psycopg.Connection[tuple[object, ...]], query: str) -> float:
+    # No parameters: panel SQL is complete text (and may hold % signs, e.g. format('%I.%I', ...)).
+    row = conn.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {query}").fetchone()
+    assert row is not None
+    plan = row[0][0]  # type: ignore[index]
+    return float(plan["Planning Time"]) + float(plan["Execution Time"])
+
+
+def dashboard_queries(url: str, runs: int) -> list[str]:
+    """Server time (planning + execution, median of ``runs``) of every SQL panel query of every dashboard, for
+    the dashboard's default time range and for the last year, slowest first. Query variables take the values
+    their queries return (all of them for multi-value variables, the first otherwise); a dashboard whose
+    variables cannot be resolved in this database is reported and skipped. Target: every panel < 50 ms."""
+    from grafana_sql import auto_interval, expand, panel_targets, time_range
+
+    results: list[tuple[float, str, str, str, int]] = []
+    lines: list[str] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT now()").fetchone()
+        assert row is not None
+        now: datetime = row[0]
+        for path in sorted((Path(__file__).resolve().parents[1] / "grafana" / "dashboards").glob("*.json")):
+            dash = json.loads(path.read_text(encoding="utf-8"))
+            t_from, t_to = time_range(dash["time"]["from"], dash["time"]["to"], now=now)
+            values: dict[str, str | list[str]] = {}
+            try:
+                for var in dash.get("templating", {}).get("list", []):
+                    if var.get("type") != "query":
+                        continue
+                    text = var["query"] if isinstance(var["query"], str) else var["query"].get("rawSql", "")
+                    sql = expand(text, time_from=t_from, time_to=t_to, interval=timedelta(minutes=1),
+                                 variables=values, now=now)
+                    found = [str(r[0]) for r in conn.execute(sql).fetchall()]
+                    values[var["name"]] = (found or [""]) if var.get("multi") else (found[0] if found else "")
+            except psycopg.Error as err:
+                lines.append(f"{path.stem}: skipped, its variables do not resolve here: {str(err).splitlines()[0]}")
+                continue
+            for label, raw in (("default", (dash["time"]["from"], dash["time"]["to"])), ("1 year", ("now-1y", "now"))):
+                t_from, t_to = time_range(*raw, now=now)
+                interval = auto_interval(t_from, t_to)
+                for target in panel_targets(dash):
+                    if target.language != "sql" or target.panel_id is None:
+                        continue
+                    sql = expand(target.text, time_from=t_from, time_to=t_to, interval=interval, variables=values,
+                                 now=now)
+                    _explain_ms(conn, sql)  # warm the cache
+                    ms = statistics.median(_explain_ms(conn, sql) for _ in range(runs))
+                    n = len(conn.execute(sql).fetchall())
+                    results.append((ms, path.stem, f"{target.panel_title}/{target.ref_id}", label, n))
+    results.sort(reverse=True)
+    lines.append(f"{'dashboard':<20} {'panel/query':<40} {'range':<8} {'rows':>6} {'server':>10}")
+    lines += [f"{d:<20} {p[:40]:<40} {r:<8} {n:>6} {ms:>7.2f} ms" for ms, d, p, r, n in results]
+    if results:
+        ms, d, p, r, _ = results[0]
+        lines.append(f"slowest: {d} {p} ({r}) {ms:.2f} ms; target every panel < 50 ms: "
+                     f"{'met' if ms < 50 else 'NOT MET'}")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--database-url", help="libpq URL of a database to use (default: a throwaway cluster)")
@@ -178,6 +312,8 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--no-columnstore", action="store_true", help="keep every raw chunk in row storage")
+    parser.add_argument("--dashboards", action="store_true",
+                        help="also load snapshots and time every SQL panel of grafana/dashboards/")
     args = parser.parse_args()
     server = None
     url = args.database_url
@@ -195,6 +331,10 @@ def main() -> int:
         start, end = load(url, args.assets, args.days, not args.no_columnstore)
         for line in measure(url, start, end, args.runs, f"asset-{min(42, args.assets - 1):03d}"):
             say(line)
+        if args.dashboards:
+            load_dashboard_data(url, args.assets, args.days)
+            for line in dashboard_queries(url, args.runs):
+                say(line)
     finally:
         if server is not None:
             server.stop()

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from collector.backoff import Backoff
 from collector.budget import CreditPlanner, PollSpec
@@ -23,12 +23,14 @@ from collector.coincap.rest import CoinCapRest
 from collector.coincap.stream import PriceStream
 from collector.db.connect import connect, require_schema
 from collector.demo import DemoFeed
-from collector.errors import DatabaseError, NoWebSocketAccess, SchemaNotMigrated
+from collector.errors import CoinCapError, ConfigError, DatabaseError, NoWebSocketAccess, SchemaNotMigrated
 from collector.http import HealthReport, HttpServer
 from collector.intake import Intake
+from collector.leader import SnapshotLeader, leader_connection
 from collector.metrics import Metrics
 from collector.scheduler import Job, Scheduler
 from collector.settings import Settings
+from collector.sharding import Shard
 from collector.writer import BatchWriter
 
 __all__ = ["Collector", "credit_planner", "run"]
@@ -96,6 +98,15 @@ class Collector:
             key = settings.require_api_key(f"COINPULSE_FEED={self.feed} reads CoinCap")
             self.rest = CoinCapRest(settings.coincap_rest_url, key, timeout=settings.http_timeout,
                                     metrics=self.metrics)
+        # Scale-out (README "Deploy"): this replica streams its shard of the assets; only the leader polls snapshots.
+        self.shard = Shard(settings.replica_index, settings.replicas)
+        self._share: tuple[str, ...] | None = None
+        self.leader: SnapshotLeader | None = None
+        if not self.shard.whole:
+            if self.feed == "demo":
+                raise ConfigError("COINPULSE_REPLICAS: the demo feed runs in a single replica; "
+                                  "set COINPULSE_REPLICAS=1, or COINCAP_API_KEY for a live feed")
+            self.leader = SnapshotLeader(leader_connection(settings.database_url.get_secret_value()))
         for feed in ("ws", "rest", "demo"):
             self.metrics.feed_info.labels(feed=feed).set(1 if feed == self.feed else 0)
         self.planner = credit_planner(settings, websocket=self.feed == "ws")
@@ -114,8 +125,24 @@ class Collector:
             return self.rest.all_assets(self.settings.rest_asset_limit)
         return self.rest.assets(ids=ids, limit=len(ids))
 
+    def _my_share(self) -> tuple[str, ...]:
+        """This replica's assets, resolved once; with ALL, of the top COINPULSE_REST_ASSET_LIMIT from REST."""
+        if self._share is None:
+            assert self.rest is not None
+            universe = self.settings.assets if self.settings.assets != "ALL" else [
+                a.asset_id for a in self.rest.all_assets(self.settings.rest_asset_limit).records]
+            self._share = self.shard.select(universe)
+            log.info("replica %s streams %d of %d assets: %s", self.shard, len(self._share), len(universe),
+                     ",".join(self._share) or "none (more replicas than assets?)")
+        return self._share
+
     def _fetch_prices(self) -> ParseResult[Tick]:
-        result = self._fetch_assets()
+        if self.shard.whole:
+            result = self._fetch_assets()
+        else:
+            assert self.rest is not None
+            mine = self._my_share()
+            result = self.rest.assets(ids=mine, limit=len(mine)) if mine else ParseResult([], [])
         return ParseResult(ticks_from_assets(result.records, _utcnow(), source="rest"), result.rejects)
 
     def snapshot_jobs(self) -> list[Job]:
@@ -148,8 +175,19 @@ class Collector:
 
     def _stream_then_poll(self, stop: threading.Event) -> None:
         s = self.settings
+        assets: tuple[str, ...] | Literal["ALL"] = s.assets
+        while not self.shard.whole and not stop.is_set():
+            try:
+                assets = self._my_share()
+                break
+            except CoinCapError as exc:
+                log.warning("cannot resolve this replica's assets, retrying in 30s: %s", exc)
+                stop.wait(30.0)
+        if not assets or stop.is_set():
+            stop.wait()  # stopped, or this replica's share is empty: nothing to stream
+            return
         stream = PriceStream(
-            s.coincap_ws_url, s.require_api_key("the WebSocket needs it"), s.assets,
+            s.coincap_ws_url, s.require_api_key("the WebSocket needs it"), assets,
             lambda text, at: self.intake.accept(parse_price_message(text, at)),
             metrics=self.metrics, watchdog=s.ws_watchdog, backoff=Backoff(initial=1.0, cap=60.0))
         try:
@@ -172,8 +210,9 @@ class Collector:
             demo = DemoFeed(self.intake, seed=s.demo_seed, tick_interval=s.demo_tick_interval,
                             snapshot_interval=s.demo_snapshot_interval, markets_limit=s.markets_limit)
             return {"demo": demo.run}
+        snapshots, leader = self._scheduler(self.snapshot_jobs()).run, self.leader
         sources: dict[str, Callable[[threading.Event], None]] = {
-            "snapshots": self._scheduler(self.snapshot_jobs()).run}
+            "snapshots": snapshots if leader is None else lambda stop: leader.run(snapshots, stop)}
         if self.feed == "ws":
             sources["prices"] = self._stream_then_poll
         else:

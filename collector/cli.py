@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from collector import __version__
 from collector.errors import CoinPulseError
+from collector.portfolio_cli import add_portfolio_parser
 from collector.settings import Settings, load_settings, redact_url
 
 __all__ = ["main"]
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the collector until SIGTERM/SIGINT").set_defaults(func=cmd_run)
     sub.add_parser("doctor", help="check the database, TimescaleDB edition, migrations, policy jobs, rollup lag "
                    "and configuration; exit 1 if anything fails").set_defaults(func=cmd_doctor)
+    add_portfolio_parser(sub)
     return parser
 
 

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from collector.errors import ConfigError
+from collector.sharding import replica_ordinal
 
 __all__ = ["Settings", "load_settings", "redact_url"]
 
@@ -74,6 +76,17 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=90, ge=0, le=36500, description="days raw rows are kept; 0 = forever")
     columnstore_after_days: int = Field(default=7, ge=1, le=36500, description="age at which raw chunks are compressed")
 
+    # History imports (collector/history.py): CoinCap's per-interval limits are undocumented, so configurable.
+    history_intervals: str = Field(default="m1:1d,m5:7d,h1:90d,d1",
+                                   description="history interval by age, finest first: INTERVAL:MAX_AGE,...,INTERVAL")
+    history_points_per_request: int = Field(default=500, ge=1, le=10000,
+                                            description="intervals spanned by one history request at most")
+
+    # Scale-out (collector/sharding.py, collector/leader.py): replicas split the assets; one runs snapshots.
+    replicas: int = Field(default=1, ge=1, le=1000, description="collector replicas splitting the assets")
+    replica_index: int = Field(default=None, validate_default=True,  # None: from the hostname's ordinal
+                               description="this replica's index, 0 … COINPULSE_REPLICAS-1")
+
     @field_validator("assets", mode="before")
     @classmethod
     def _parse_assets(cls, value: Any) -> Any:
@@ -87,6 +100,28 @@ class Settings(BaseSettings):
                 raise ValueError(f"not CoinCap asset ids (lower-case slugs like 'bitcoin'): {', '.join(bad)}")
             return items
         return value
+
+    @field_validator("replica_index", mode="before")
+    @classmethod
+    def _replica_index(cls, value: Any, info: ValidationInfo) -> Any:
+        replicas = info.data.get("replicas", 1)
+        given = ""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if replicas == 1:
+                return 0
+            hostname = os.environ.get("HOSTNAME") or socket.gethostname()
+            try:
+                value = replica_ordinal(hostname)
+            except ValueError as exc:
+                raise ValueError(f"not set, and {exc}; set it to 0 … {replicas - 1}") from None
+            given = f" (from the hostname {hostname!r})"
+        try:
+            index = int(value)
+        except (TypeError, ValueError):
+            raise ValueError("must be an integer") from None
+        if not 0 <= index < replicas:
+            raise ValueError(f"must be 0 … {replicas - 1} with COINPULSE_REPLICAS={replicas}{given}")
+        return index
 
     @field_validator("database_url")
     @classmethod
