@@ -2,9 +2,10 @@
 
 What can be checked for real here is: the file against the Compose Specification schema (before and after
 interpolation, as `docker compose config` does), the images, the mounts, the documented environment, the
-start order the healthchecks and depends_on conditions give, and the SQL and commands the stack runs:
-the db-roles service's psql script is executed against the real TimescaleDB, and the collector then runs
-as the login role it creates.
+start order the healthchecks and depends_on conditions give, and the scripts and commands the stack runs:
+the secrets service's script is executed with sh, the db-roles service's psql script against the real
+TimescaleDB with the passwords it made, and the collector then runs as the login role it creates, reading
+its password from the libpq password file the secrets script wrote.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import re
 import shutil
 import subprocess
@@ -40,7 +42,8 @@ SAMPLE_SECRETS = {name: f"pw-{i}-with $pecial chars: @/'\"" for i, name in enume
 
 # The intended start order: who waits for whom, and for what.
 EXPECTED_DEPENDS_ON = {
-    "timescaledb": {},
+    "secrets": {},
+    "timescaledb": {"secrets": "service_completed_successfully"},
     "migrate": {"timescaledb": "service_healthy"},
     "db-roles": {"migrate": "service_completed_successfully"},
     "collector": {"timescaledb": "service_healthy", "migrate": "service_completed_successfully",
@@ -49,7 +52,7 @@ EXPECTED_DEPENDS_ON = {
     "grafana": {"timescaledb": "service_healthy", "db-roles": "service_completed_successfully",
                 "collector": "service_healthy", "prometheus": "service_healthy"},
 }
-START_ORDER = [["timescaledb"], ["migrate"], ["db-roles"], ["collector"], ["prometheus"], ["grafana"]]
+START_ORDER = [["secrets"], ["timescaledb"], ["migrate"], ["db-roles"], ["collector"], ["prometheus"], ["grafana"]]
 
 
 # -- compose interpolation, as the Compose Specification defines it -----------------------------------------
@@ -235,30 +238,72 @@ def test_the_collector_receives_every_setting(services: dict[str, dict[str, Any]
     missing = collector_env_vars() - set(env) - {f"{var}_FILE" for var in _FILE_VARS}
     assert not missing, f"add to x-collector-settings in docker-compose.yml: {sorted(missing)}"
     fixed = {k for k, v in env.items() if v is not None}
-    assert fixed == {"COINPULSE_DATABASE_URL", "PGPASSWORD", "COINPULSE_METRICS_HOST", "COINPULSE_METRICS_PORT",
+    assert fixed == {"COINPULSE_DATABASE_URL", "PGPASSFILE", "COINPULSE_METRICS_HOST", "COINPULSE_METRICS_PORT",
                      "COINPULSE_SPOOL_DIR"}
 
 
-def test_required_secrets_have_no_default_anywhere(compose: dict[str, Any]) -> None:
+def test_the_stack_needs_no_env_file_and_bakes_in_no_password(compose: dict[str, Any]) -> None:
+    """`docker compose up` without .env: nothing is required (the secrets service makes the passwords), and
+    a password variable set in .env reaches only the secrets service, passed through as given."""
+    interpolate(compose, {})  # no ${VAR:?...}: nothing refuses to start
     example = env_example()
     for name in SECRETS:
         assert example[name] == "", f".env.example must not ship a value for {name}"
-    # Without them compose refuses to start, naming each one (the `${VAR:?message}` form) ...
-    missing = []
-    for name in SECRETS:
-        env = {**active_env_example(), **SAMPLE_SECRETS}
-        del env[name]
-        with pytest.raises(MissingVariable) as err:
-            interpolate(compose, env)
-        missing.append(str(err.value).split(":")[0])
-    assert missing == list(SECRETS)
-    with pytest.raises(MissingVariable):  # .env.example copied as-is has empty passwords: refused too
-        interpolate(compose, active_env_example())
-    # ... and no environment value anywhere looks like a literal secret.
+        assert name not in active_env_example(), f"{name} is optional: commented out in .env.example"
+    secrets = compose["services"]["secrets"]
+    assert service_env(secrets) == {name: f"${{{name}:-}}" for name in SECRETS}
     for name, service in compose["services"].items():
         for key, value in service_env(service).items():
-            if re.search(r"PASSWORD|SECRET|TOKEN|API_KEY", key) and value is not None:
-                assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", str(value)), f"{name}.{key} = {value!r}"
+            if name != "secrets" and re.search(r"PASSWORD|SECRET|TOKEN|API_KEY", key) and value is not None:
+                assert key.endswith("__FILE") or key.endswith("_FILE"), f"{name}.{key} = {value!r}"
+            if value is not None and key != "GF_SECURITY_ADMIN_USER":
+                assert not variables_in(value) & set(SECRETS) or name == "secrets", f"{name}.{key}"
+
+
+def secrets_script_argv() -> list[str]:
+    sh = shutil.which("sh")
+    if sh is None:
+        pytest.skip("no POSIX sh on PATH: compose/secrets.sh cannot be executed here")
+    return [sh, str(ROOT / "compose" / "secrets.sh")]
+
+
+def run_secrets(directory: Path, env: dict[str, str]) -> str:
+    """Run compose/secrets.sh as the secrets service does, into ``directory``; its output."""
+    if os.geteuid() != 0:
+        pytest.skip("compose/secrets.sh chowns the libpq password files to the collector's user: needs root")
+    done = subprocess.run(secrets_script_argv(), env={"PATH": os.environ["PATH"], "COINPULSE_SECRETS_DIR":
+                          str(directory), **env}, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_secrets_are_generated_once_kept_and_overridden_by_env(
+        compose: dict[str, Any], tmp_path: Path) -> None:
+    service = compose["services"]["secrets"]
+    assert service["entrypoint"] == ["/bin/sh", "/compose/secrets.sh"] and service["restart"] == "no"
+    assert "./compose/secrets.sh:/compose/secrets.sh:ro" in service["volumes"]
+    files = ("postgres_password", "collector_db_password", "grafana_db_password", "grafana_admin_password")
+    out = run_secrets(tmp_path, {})
+    first = {f: (tmp_path / f).read_text() for f in files}
+    assert all(re.fullmatch(r"[A-Za-z0-9]{32}", v) for v in first.values()), "32 random alphanumerics each"
+    assert len(set(first.values())) == 4
+    for f in files:
+        assert f"{f} generated" in out and first[f] not in out  # said, never shown
+        assert (tmp_path / f).stat().st_mode & 0o777 == 0o644
+    # The next start keeps them ...
+    out = run_secrets(tmp_path, {})
+    assert {f: (tmp_path / f).read_text() for f in files} == first and "kept" in out
+    # ... and a password set in .env wins.
+    out = run_secrets(tmp_path, {"GRAFANA_ADMIN_PASSWORD": SAMPLE_SECRETS["GRAFANA_ADMIN_PASSWORD"]})
+    assert (tmp_path / "grafana_admin_password").read_text() == SAMPLE_SECRETS["GRAFANA_ADMIN_PASSWORD"]
+    assert "grafana_admin_password from GRAFANA_ADMIN_PASSWORD" in out
+    assert (tmp_path / "postgres_password").read_text() == first["postgres_password"]
+    # libpq password files: private to the collector image's user, `\` and `:` escaped.
+    run_secrets(tmp_path, {"COINPULSE_COLLECTOR_DB_PASSWORD": "a:b\\c d"})
+    pgpass = tmp_path / "collector.pgpass"
+    assert pgpass.read_text() == "*:*:*:coinpulse_collector:a\\:b\\\\c d\n"
+    assert pgpass.stat().st_mode & 0o777 == 0o600 and (pgpass.stat().st_uid, pgpass.stat().st_gid) == (10001, 10001)
+    assert (tmp_path / "migrate.pgpass").read_text() == f"*:*:*:postgres:{first['postgres_password']}\n"
 
 
 def test_healthchecks_and_conditions_give_the_intended_start_order(services: dict[str, dict[str, Any]]) -> None:
@@ -307,12 +352,14 @@ def test_prometheus_scrapes_the_collector(services: dict[str, dict[str, Any]]) -
 def test_collector_and_migrate_environments_are_valid_settings(
         compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
     resolved = interpolate(compose, {**active_env_example(), **SAMPLE_SECRETS})["services"]
-    for name in ("collector", "migrate"):
+    for name, pgpass in (("collector", "collector.pgpass"), ("migrate", "migrate.pgpass")):
         env = {k: str(v) for k, v in service_env(resolved[name]).items() if v is not None}
         settings = load_settings(env)
         url = urlsplit(settings.database_url.get_secret_value())
         assert url.hostname == "timescaledb" and url.path == "/coinpulse" and url.password is None
-        assert env["PGPASSWORD"] in SAMPLE_SECRETS.values()  # the password travels outside the URL
+        # the password travels outside the URL, in the libpq password file compose/secrets.sh writes
+        assert env["PGPASSFILE"] == f"/run/coinpulse-secrets/{pgpass}"
+        assert "secrets:/run/coinpulse-secrets:ro" in resolved[name]["volumes"]
     assert urlsplit(service_env(services["collector"])["COINPULSE_DATABASE_URL"]).username == "coinpulse_collector"
     assert services["migrate"]["command"] == ["migrate"] and services["collector"]["command"] == ["run"]
 
@@ -324,7 +371,13 @@ def test_grafana_gets_what_its_provisioning_reads(services: dict[str, dict[str, 
     if not provisioning.is_dir():
         pytest.skip("grafana/provisioning/ is not in the tree yet (issue 6): nothing to cross-check")
     grafana = services["grafana"]
-    env = service_env(grafana)
+    env = dict(service_env(grafana))
+    # The datasource password is exported by the entrypoint, from the secrets volume, before Grafana starts.
+    entrypoint = interpolate_text(" ".join(grafana["entrypoint"]), {})  # $$ -> $, as compose does
+    exported = re.findall(r"export ([A-Z_]+)=\"\$\(cat /run/coinpulse-secrets/[a-z_]+\)\"", entrypoint)
+    assert exported == ["COINPULSE_GRAFANA_DB_PASSWORD"] and entrypoint.endswith("exec /run.sh")
+    env |= dict.fromkeys(exported, "from the secrets volume")
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/coinpulse-secrets/grafana_admin_password"
     referenced: set[str] = set()
     for path in provisioning.rglob("*.y*ml"):
         text = path.read_text(encoding="utf-8")
@@ -351,20 +404,27 @@ def psql_binary() -> str:
     pytest.skip("psql 15 or later not found: the db-roles script cannot be executed here")
 
 
-def run_db_roles(compose: dict[str, Any], url: str, tmp_path: Path, passwords: dict[str, str]) -> None:
-    """Run the db-roles service's own command (entrypoint + command + its config) against ``url``."""
+def run_db_roles(compose: dict[str, Any], url: str, tmp_path: Path, passwords: dict[str, str]) -> Path:
+    """Make the passwords as the secrets service does (``passwords``: its environment), then run the db-roles
+    service's own command (entrypoint + command + its config) against ``url``; the secrets directory."""
+    secrets = tmp_path / "secrets"
+    run_secrets(secrets, passwords)
     service = compose["services"]["db-roles"]
+    assert "secrets:/run/coinpulse-secrets:ro" in service["volumes"]
     script = tmp_path / "db-roles.sql"
-    script.write_text(compose["configs"]["db-roles"]["content"], encoding="utf-8")
+    script.write_text(compose["configs"]["db-roles"]["content"].replace("/run/coinpulse-secrets", str(secrets)),
+                      encoding="utf-8")
     target = service["configs"][0]["target"]
     argv = [psql_binary() if part == "psql" else part for part in service["entrypoint"]]
     argv += [str(script) if part == target else part for part in service["command"]]
     parts = urlsplit(url)
-    env = {k: str(v) for k, v in interpolate(service["environment"], {**SAMPLE_SECRETS, **passwords}).items()}
+    env = {k: str(v) for k, v in interpolate(service["environment"], {}).items()}
+    assert env.pop("PGPASSFILE") == "/run/coinpulse-secrets/migrate.pgpass"  # the superuser: here, the harness's
     env |= {"PGHOST": parts.hostname or "", "PGPORT": str(parts.port or 5432), "PGUSER": parts.username or "",
             "PGDATABASE": parts.path.lstrip("/"), "PGPASSWORD": parts.password or "", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
+    return secrets
 
 
 def password_matches(verifier: str, user: str, password: str) -> bool:
@@ -424,13 +484,13 @@ def test_db_roles_script_creates_login_roles_with_the_env_passwords(
 
 
 def test_grafana_role_reads_but_cannot_write(compose: dict[str, Any], login_roles: str, tmp_path: Path) -> None:
-    run_db_roles(compose, login_roles, tmp_path, {})
+    secrets = run_db_roles(compose, login_roles, tmp_path, {})
     parts = urlsplit(login_roles)
     grafana_url = parts._replace(netloc=f"coinpulse_grafana@{parts.hostname}:{parts.port}").geturl()
     with psycopg.connect(login_roles, autocommit=True) as admin:
         admin.execute("INSERT INTO coinpulse.assets (asset_id, symbol) VALUES ('bitcoin', 'BTC')")
         admin.execute("INSERT INTO coinpulse.price_ticks VALUES (now(), 'bitcoin', 90000, 'demo')")
-    with psycopg.connect(grafana_url, password=SAMPLE_SECRETS["COINPULSE_GRAFANA_DB_PASSWORD"],
+    with psycopg.connect(grafana_url, password=(secrets / "grafana_db_password").read_text(),
                          autocommit=True) as conn:
         assert conn.execute("SHOW search_path").fetchone() == ("coinpulse, public",)
         assert conn.execute("SELECT asset_id, price_usd FROM latest_prices").fetchall() == [("bitcoin", 90000.0)]
@@ -442,7 +502,7 @@ def test_collector_runs_as_the_least_privileged_login_role(
         compose: dict[str, Any], login_roles: str, tmp_path: Path) -> None:
     """The compose collector connects as coinpulse_collector (member of coinpulse_writer), not a superuser:
     `coinpulse run` must write every table with exactly those rights."""
-    run_db_roles(compose, login_roles, tmp_path, {})
+    secrets = run_db_roles(compose, login_roles, tmp_path, {})
     parts = urlsplit(login_roles)
     collector_url = parts._replace(netloc=f"coinpulse_collector@{parts.hostname}:{parts.port}").geturl()
     tables = ("price_ticks", "asset_snapshots", "exchange_snapshots", "market_snapshots", "rate_snapshots")
@@ -453,7 +513,7 @@ def test_collector_runs_as_the_least_privileged_login_role(
                     for t in tables}
 
     proc = CollectorProcess({"COINPULSE_DATABASE_URL": collector_url, "COINPULSE_FEED": "demo",
-                             "PGPASSWORD": SAMPLE_SECRETS["COINPULSE_COLLECTOR_DB_PASSWORD"],
+                             "PGPASSFILE": str(secrets / "collector.pgpass"),
                              "COINPULSE_DEMO_TICK_INTERVAL": "0.1"}, tmp_path).start()
     try:
         proc.wait_for(lambda: all(n > 0 for n in counts().values()), timeout=30, what="rows in every table")
