@@ -10,13 +10,16 @@ REST (``rest_url`` = ``http://127.0.0.1:PORT/v3``): /assets, /assets/{id}, /asse
 attributes ``assets``, ``exchanges``, ``markets``, ``rates``, ``history`` (defaults: tests/fixtures/coincap),
 honouring ``limit``/``offset``/``ids`` and the /markets filters. The key is checked (``Authorization:
 Bearer`` or ``apiKey=``; wrong -> 401) unless ``api_key`` is None. Every request is recorded. ``script()``
-queues responses (status, headers, body, delay), optionally for one path, consumed before normal answers.
+queues responses (status, headers, body, delay), optionally for one path, consumed before normal answers;
+status 0 hangs up without answering (a connection error for the client).
 
 WebSocket (``ws_url`` = ``ws://127.0.0.1:PORT``, path /prices): a wrong ``apiKey`` (or ``ws_access=False``,
 a plan without streaming) gets a text frame ``Unauthorized`` and a close, like CoinCap; ``ws_reject_status``
 answers the upgrade with that HTTP status instead. Then: ``ws_script`` frames on connect, ``ws_send`` to
 every client, ``ws_feed(interval)`` for a steady stream, ``ws_silent()`` to stay open but quiet,
-``ws_close_all()`` to drop clients. ``wait_for(predicate)`` waits for the fake's state without sleeping.
+``ws_close_all()`` to drop clients. Every frame sent to a client is recorded in ``ws_sent`` (when, to which
+connection, what), so a test can compare what landed with what was sent. ``wait_for(predicate)`` waits for
+the fake's state without sleeping.
 
 Several clients are served at once (threads), so a ``coinpulse run`` subprocess can use it too.
 """
@@ -31,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -40,7 +44,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-__all__ = ["DEFAULT_KEY", "FIXTURES", "FakeCoinCap", "RecordedRequest", "load_fixture"]
+__all__ = ["DEFAULT_KEY", "FIXTURES", "FakeCoinCap", "RecordedRequest", "SentFrame", "load_fixture"]
 
 FIXTURES = Path(__file__).parent / "fixtures" / "coincap"
 DEFAULT_KEY = "fake-coincap-key-7c41d9e2"
@@ -60,6 +64,13 @@ class RecordedRequest:
     path: str  # as sent, without the query, e.g. "/v3/assets/bitcoin"
     query: dict[str, str]  # last value of each parameter
     headers: dict[str, str]  # names lower-cased
+
+
+@dataclass(frozen=True)
+class SentFrame:
+    at: datetime  # wall clock (UTC) just before the frame was handed to the socket
+    connection: int  # 1 for the first accepted connection, 2 for the next, ...
+    frame: str | bytes  # bytes went out as a binary frame
 
 
 @dataclass
@@ -96,10 +107,11 @@ class FakeCoinCap:
         self.ws_attempts = 0  # every upgrade on /prices, refused ones too
         self.ws_connections = 0  # accepted (authorised) connections, ever
         self.ws_paths: list[str] = []  # request paths (with query) of every /prices upgrade
+        self.ws_sent: list[SentFrame] = []  # every frame sent to an accepted connection, in order
         self._cond = threading.Condition(self.lock)
         self._scripted: list[_Scripted] = []
-        self._ws_frames: list[str] = []
-        self._ws_clients: set[ServerConnection] = set()
+        self._ws_frames: list[str | bytes] = []
+        self._ws_clients: dict[ServerConnection, int] = {}  # open connections and their numbers
         self._ws_silent = False
         self._ws_feed: float | None = None
         self._feed_step = 0
@@ -279,23 +291,30 @@ class FakeCoinCap:
 
     # -- WebSocket -----------------------------------------------------------------------------------------
 
-    def ws_script(self, frames: Sequence[str]) -> None:
+    def ws_script(self, frames: Sequence[str | bytes]) -> None:
         """Frames sent to every new authorised connection, in order, right after it opens."""
         with self.lock:
             self._ws_frames = list(frames)
 
-    def ws_send(self, frame: str) -> int:
-        """Send ``frame`` to every connected client now (nothing while silent); how many got it."""
+    def ws_send(self, frame: str | bytes) -> int:
+        """Send ``frame`` (bytes: a binary frame) to every connected client now (nothing while silent);
+        how many got it."""
         with self.lock:
             if self._ws_silent:
                 return 0
-            clients = list(self._ws_clients)
+            clients = list(self._ws_clients.items())
         sent = 0
-        for client in clients:
+        for client, number in clients:
             with contextlib.suppress(ConnectionClosed):
-                client.send(frame)
+                self._send(client, number, frame)
                 sent += 1
         return sent
+
+    def _send(self, client: ServerConnection, number: int, frame: str | bytes) -> None:
+        """Send one frame and record it (recorded before sending: ``at`` is never after the client got it)."""
+        with self.lock:
+            self.ws_sent.append(SentFrame(datetime.now(UTC), number, frame))
+        client.send(frame)
 
     def ws_feed(self, interval: float | None) -> None:
         """Every ``interval`` seconds send each client a frame moving every priced asset; None stops it."""
@@ -355,12 +374,13 @@ class FakeCoinCap:
             return
         with self._cond:
             self.ws_connections += 1
-            self._ws_clients.add(connection)
+            number = self.ws_connections
+            self._ws_clients[connection] = number
             frames = [] if self._ws_silent else list(self._ws_frames)
             self._cond.notify_all()
         try:
             for frame in frames:
-                connection.send(frame)
+                self._send(connection, number, frame)
             next_feed = time.monotonic()
             while not self._closing.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -368,13 +388,13 @@ class FakeCoinCap:
                 with self.lock:
                     interval, silent = self._ws_feed, self._ws_silent
                 if interval is not None and not silent and time.monotonic() >= next_feed:
-                    connection.send(self.feed_frame())
+                    self._send(connection, number, self.feed_frame())
                     next_feed = time.monotonic() + interval
         except ConnectionClosed:
             pass
         finally:
             with self._cond:
-                self._ws_clients.discard(connection)
+                self._ws_clients.pop(connection, None)
                 self._cond.notify_all()
 
 
@@ -399,6 +419,9 @@ def _handler_class(fake: FakeCoinCap) -> type[BaseHTTPRequestHandler]:
 
         def _reply(self, reply: _Reply) -> None:
             if reply.delay and fake._closing.wait(reply.delay):
+                return
+            if reply.status == 0:  # hang up without a word: the client sees a dropped connection
+                self.close_connection = True
                 return
             self.send_response(reply.status)
             headers = {"Content-Type": "application/json", **reply.headers}
