@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any, Literal
 
@@ -24,6 +24,8 @@ from collector.coincap.stream import PriceStream
 from collector.db.connect import connect, require_schema
 from collector.demo import DemoFeed
 from collector.errors import CoinCapError, ConfigError, DatabaseError, NoWebSocketAccess, SchemaNotMigrated
+from collector.gaps import BackfillWorker, GapTracker
+from collector.history import HistoryTiers
 from collector.http import HealthReport, HttpServer
 from collector.intake import Intake
 from collector.leader import SnapshotLeader, leader_connection
@@ -31,6 +33,7 @@ from collector.metrics import Metrics
 from collector.scheduler import Job, Scheduler
 from collector.settings import Settings
 from collector.sharding import Shard
+from collector.spool import Spool
 from collector.writer import BatchWriter
 
 __all__ = ["Collector", "credit_planner", "run"]
@@ -81,12 +84,16 @@ class Collector:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.feed = settings.resolved_feed
-        self.queue = RecordQueue(settings.queue_max_rows)
+        # The spool (README "Reliability") takes batches while the database is away and rows the full queue
+        # cannot take; the writer drains it when the database answers.
+        self.spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes, metrics=self.metrics)
+        self.queue = RecordQueue(settings.queue_max_rows, overflow=self.spool.append)
         self.intake = Intake(self.queue, self.metrics)
         self.writer = BatchWriter(
             settings.database_url.get_secret_value(), self.queue, self.metrics,
-            batch_size=settings.batch_size, batch_max_age=settings.batch_max_age)
-        self.http = HttpServer(settings.metrics_host, settings.metrics_port, self.metrics, self.health)
+            batch_size=settings.batch_size, batch_max_age=settings.batch_max_age, spool=self.spool)
+        self.http = HttpServer(settings.metrics_host, settings.metrics_port, self.metrics, self.health,
+                               self.health_details)
         self._sources_stop = threading.Event()
         self._writer_stop = threading.Event()
         self._drain_deadline: float | None = None
@@ -112,6 +119,45 @@ class Collector:
         self.planner = credit_planner(settings, websocket=self.feed == "ws")
         if self.planner is not None:
             self._log_plan("credit plan")
+        self.gaps, self.backfill = self._gap_worker()
+
+    def _gap_worker(self) -> tuple[GapTracker | None, BackfillWorker | None]:
+        """Gaps (README "Gaps and backfill"): a live feed's outages and restarts are recorded in ingest_gaps;
+        the worker fills them from CoinCap history (COINPULSE_BACKFILL: auto = live feeds only)."""
+        s, url = self.settings, self.settings.database_url.get_secret_value()
+        fill = s.backfill == "on" or (s.backfill == "auto" and self.feed != "demo")
+        if self.feed == "demo" and not fill:
+            return None, None
+        try:
+            tiers = HistoryTiers.parse(s.history_intervals)
+        except ValueError as exc:
+            raise ConfigError(f"COINPULSE_HISTORY_INTERVALS: {exc}") from None
+        wake = threading.Event()
+        streamed = None if s.assets == "ALL" else self.shard.select(s.assets)
+        tracker = None if self.feed == "demo" else GapTracker(
+            streamed, started_at=_utcnow(), min_gap=s.gap_min_seconds, on_gap=wake.set,
+            first_grace=s.ws_watchdog if self.feed == "ws" else s.rest_price_interval)
+        source, sink = None, None
+        if fill:  # its own REST client, so its credits are not counted against a poll's plan
+            source = CoinCapRest(s.coincap_rest_url, s.require_api_key("COINPULSE_BACKFILL fills gaps from CoinCap"),
+                                 timeout=s.http_timeout, metrics=self.metrics, sleep=self._sources_stop.wait)
+            sink = BatchWriter(url, RecordQueue(1), Metrics(), on_committed=self._count_backfilled)
+        polled = self.planner.interval("prices") if self.planner and self.planner.knows("prices") else 0.0
+        return tracker, BackfillWorker(
+            url, tracker, source, sink, self.metrics, tiers=tiers, points_per_request=s.history_points_per_request,
+            fill=fill, delay=s.backfill_delay, restart_assets=streamed, restart_check=tracker is not None,
+            restart_min_gap=max(s.gap_min_seconds, polled), owns=self.shard.owns, wake=wake,
+            max_age=timedelta(days=s.retention_days) if s.retention_days else None)
+
+    def _count_backfilled(self, written: dict[str, int]) -> None:
+        for table, count in written.items():
+            self.metrics.rows_written.labels(table=table).inc(count)
+
+    def _on_price_frame(self, text: str, at: datetime) -> None:
+        result = parse_price_message(text, at)
+        self.intake.accept(result)
+        if self.gaps is not None:
+            self.gaps.message(at, (t.asset_id for t in result.records) if self.gaps.tracks_all else ())
 
     # -- sources ------------------------------------------------------------------------------------------
 
@@ -137,13 +183,21 @@ class Collector:
         return self._share
 
     def _fetch_prices(self) -> ParseResult[Tick]:
-        if self.shard.whole:
-            result = self._fetch_assets()
-        else:
-            assert self.rest is not None
-            mine = self._my_share()
-            result = self.rest.assets(ids=mine, limit=len(mine)) if mine else ParseResult([], [])
-        return ParseResult(ticks_from_assets(result.records, _utcnow(), source="rest"), result.rejects)
+        try:
+            if self.shard.whole:
+                result = self._fetch_assets()
+            else:
+                assert self.rest is not None
+                mine = self._my_share()
+                result = self.rest.assets(ids=mine, limit=len(mine)) if mine else ParseResult([], [])
+        except CoinCapError:
+            if self.gaps is not None:  # no prices until a poll works again: a gap
+                self.gaps.disconnected(_utcnow(), "poll_failed")
+            raise
+        ticks = ticks_from_assets(result.records, now := _utcnow(), source="rest")
+        if self.gaps is not None:
+            self.gaps.message(now, (t.asset_id for t in ticks))
+        return ParseResult(ticks, result.rejects)
 
     def snapshot_jobs(self) -> list[Job]:
         assert self.rest is not None
@@ -188,8 +242,8 @@ class Collector:
             return
         stream = PriceStream(
             s.coincap_ws_url, s.require_api_key("the WebSocket needs it"), assets,
-            lambda text, at: self.intake.accept(parse_price_message(text, at)),
-            metrics=self.metrics, watchdog=s.ws_watchdog, backoff=Backoff(initial=1.0, cap=60.0))
+            self._on_price_frame, metrics=self.metrics, watchdog=s.ws_watchdog, backoff=Backoff(initial=1.0, cap=60.0),
+            on_disconnect=None if self.gaps is None else self.gaps.disconnected)
         try:
             stream.run(stop)
             return
@@ -251,22 +305,34 @@ class Collector:
         self._spawn("writer", lambda stop: self.writer.run(stop, lambda: self._drain_deadline), self._writer_stop)
         for name, target in self._sources().items():
             self._spawn(name, target, self._sources_stop)
+        if self.backfill is not None:
+            self._spawn("gaps", self.backfill.run, self._sources_stop)
 
     def shutdown(self) -> None:
-        """Stop the sources, write what is queued (within the grace period), stop serving."""
+        """Within COINPULSE_SHUTDOWN_GRACE: stop the sources, write what is queued to the database (to the
+        spool at once while the database is away, and whatever is left when time runs short), stop serving."""
         grace = self.settings.shutdown_grace
+        deadline = time.monotonic() + grace
         log.info("collector stopping: draining rows_waiting=%d grace=%.0fs", len(self.queue), grace)
         self._sources_stop.set()
+        sources_by = time.monotonic() + min(5.0, grace / 4)
         for name, thread in self._threads.items():
             if name != "writer":
-                thread.join(min(5.0, grace / 2))
-        self._drain_deadline = time.monotonic() + grace * 0.8
+                thread.join(max(0.0, sources_by - time.monotonic()))
+        reserve = min(3.0, grace * 0.3)  # to spool what the database did not take, and to stop serving
+        self._drain_deadline = deadline - reserve
         self._writer_stop.set()
         writer = self._threads.get("writer")
         if writer is not None:
-            writer.join(grace)
+            writer.join(max(0.0, deadline - reserve / 2 - time.monotonic()))
+            if writer.is_alive():
+                log.warning("the writer is stuck in a database call at the end of the grace period: "
+                            "spooling what it has not written")
+        if len(self.queue) or (writer is not None and writer.is_alive()):  # rows put late, or a stuck writer
+            self.writer.spool_remaining()
         self.http.stop()
-        log.info("collector stopped rows_left=%d", len(self.queue))
+        self.spool.close()
+        log.info("collector stopped rows_left=%d spool_rows=%d", len(self.queue), self.spool.rows)
 
     def health(self) -> HealthReport:
         failing: HealthReport = {}
@@ -287,7 +353,17 @@ class Collector:
             failing["ticks"] = f"newest price tick is {time.time() - newest:.0f}s old (limit {stale:.0f}s)"
         if len(self.queue) > 0.9 * self.queue.capacity:
             failing["queue"] = f"queue {len(self.queue)}/{self.queue.capacity} rows: the writer is falling behind"
+        if self.spool.size_bytes > 0.9 * self.spool.max_bytes:
+            failing["spool"] = (f"spool {self.spool.size_bytes}/{self.spool.max_bytes} bytes "
+                                "(COINPULSE_SPOOL_MAX_BYTES): at the cap its oldest rows are dropped")
         return failing
+
+    def health_details(self) -> dict[str, Any]:
+        """Informational keys of /healthz: the spool's state (``empty``; ``spooling`` while the database is
+        away; ``draining`` once it is back), rows and bytes."""
+        spool = self.spool
+        state = "empty" if spool.empty else "spooling" if self.writer.database_down else "draining"
+        return {"spool": {"state": state, "rows": spool.rows, "bytes": spool.size_bytes}}
 
 
 def run(settings: Settings) -> int:

@@ -1,7 +1,12 @@
-"""The bounded in-memory queue between the sources and the writer, bounded by rows (not messages)."""
+"""The bounded in-memory queue between the sources and the writer, bounded by rows (not messages).
+
+When rows do not fit, they go to ``overflow`` (the on-disk spool, collector/spool.py) if one is given, so a
+burst or a slow database costs disk, not memory and not data.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -11,19 +16,25 @@ from collector.coincap.models import Record
 
 __all__ = ["RecordQueue"]
 
+log = logging.getLogger(__name__)
+
 
 class RecordQueue:
     """Rows from many producer threads to one consumer, never holding more than ``capacity`` rows.
 
-    ``put`` does not block: when the rows do not fit it returns False and the caller decides (count a
-    drop, or spool them). The consumer takes batches by size or age, whichever comes first.
+    ``put`` does not block: when the rows do not fit they are handed to ``overflow`` (which returns True when
+    it kept them, e.g. on disk); without one, or when it fails, ``put`` returns False and the caller counts a
+    drop. The consumer takes batches by size or age, whichever comes first.
     """
 
-    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic,
+                 overflow: Callable[[Sequence[Record]], bool] | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be positive")
         self.capacity = capacity
+        self.overflow = overflow
         self._clock = clock
+        self._overflow_logged = float("-inf")
         self._items: deque[tuple[float, Sequence[Record]]] = deque()
         self._rows = 0
         self._cond = threading.Condition()
@@ -35,12 +46,39 @@ class RecordQueue:
         if not records:
             return True
         with self._cond:
-            if self._rows + len(records) > self.capacity:
-                return False
-            self._items.append((self._clock(), records))
-            self._rows += len(records)
-            self._cond.notify()
-        return True
+            fits = self._rows + len(records) <= self.capacity
+            if fits:
+                self._items.append((self._clock(), records))
+                self._rows += len(records)
+                self._cond.notify()
+        if fits:
+            return True
+        if self.overflow is None:
+            return False
+        try:
+            return self.overflow(records)  # outside the queue's lock: the spool fsyncs
+        except Exception as exc:  # a full or broken disk must not stop the source that called put
+            now = self._clock()
+            if now - self._overflow_logged >= 60.0:
+                self._overflow_logged = now
+                log.error("queue full and its overflow failed: rows=%d are dropped (logged once a minute) error=%s",
+                          len(records), exc)
+            return False
+
+    def take_due(self, max_rows: int, max_age: float) -> list[Record]:
+        """Without waiting: a batch if ``max_rows`` rows are queued or the oldest has waited ``max_age`` s,
+        else nothing (the writer uses this while it also drains the spool)."""
+        with self._cond:
+            if not self._items:
+                return []
+            if self._rows < max_rows and self._clock() - self._items[0][0] < max_age:
+                return []
+            return self._take(max_rows)
+
+    def take_all(self, max_rows: int) -> list[Record]:
+        """Without waiting: up to ``max_rows`` queued rows, oldest first."""
+        with self._cond:
+            return self._take(max_rows)
 
     def get_batch(self, max_rows: int, max_age: float, wait: float) -> list[Record]:
         """Up to ``max_rows`` rows. Waits up to ``wait`` s for a first row; once there is one, returns when

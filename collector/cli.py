@@ -8,9 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from collector import __version__
+from collector.backfill_cli import add_backfill_parser
 from collector.errors import CoinPulseError
 from collector.portfolio_cli import add_portfolio_parser
 from collector.settings import Settings, load_settings, redact_url
+from collector.thresholds_cli import add_alerting_parser, add_thresholds_parser
 
 __all__ = ["main"]
 
@@ -77,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the collector until SIGTERM/SIGINT").set_defaults(func=cmd_run)
     sub.add_parser("doctor", help="check the database, TimescaleDB edition, migrations, policy jobs, rollup lag "
                    "and configuration; exit 1 if anything fails").set_defaults(func=cmd_doctor)
+    add_backfill_parser(sub)
     add_portfolio_parser(sub)
+    add_thresholds_parser(sub)
+    add_alerting_parser(sub)
     return parser
 
 

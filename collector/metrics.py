@@ -31,7 +31,8 @@ class Metrics:
         )
         self.rows_dropped = Counter(
             "coinpulse_rows_dropped",
-            "Rows discarded without being written (queue full while the database is away)",
+            "Rows discarded without being written, per reason (queue_full, spool_cap, spool_torn, "
+            "spool_corrupt, shutdown)",
             ["reason"],
             registry=r,
         )
@@ -54,6 +55,13 @@ class Metrics:
             "coinpulse_rows_waiting", "Rows not yet committed (queue plus the batch being written)", registry=r
         )
         self.spool_bytes = Gauge("coinpulse_spool_bytes", "Bytes in the on-disk spool", registry=r)
+        self.spool_rows = Gauge("coinpulse_spool_rows", "Rows in the on-disk spool waiting to be written",
+                                registry=r)
+        self.spool_rows_spooled = Counter(
+            "coinpulse_spool_rows_spooled", "Rows written to the on-disk spool (database away or queue full)",
+            registry=r)
+        self.spool_rows_drained = Counter(
+            "coinpulse_spool_rows_drained", "Rows from the on-disk spool committed to the database", registry=r)
         self.db_up = Gauge("coinpulse_database_up", "1 when the writer's last database round trip worked",
                            registry=r)
         self.stream_connected = Gauge(
@@ -75,6 +83,10 @@ class Metrics:
         self.open_gaps = Gauge("coinpulse_open_gaps", "Ingest gaps not yet backfilled", registry=r)
         self.feed_info = Gauge("coinpulse_feed_info", "The price feed in use (1 for the active one)", ["feed"],
                                registry=r)
+        self.alert_notifications = Counter(
+            "coinpulse_alert_notifications",
+            "Alerts received on POST /alerts (Grafana's webhook), per status: firing, resolved; invalid = a body "
+            "that is not a webhook notification", ["status"], registry=r)
         self._newest_tick: float | None = None
         self._clock: Callable[[], float] = time.time
         self.newest_tick_age.set_function(self._tick_age)

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     metrics_host: str = "0.0.0.0"  # noqa: S104 - the collector runs in a container; see README
     metrics_port: int = Field(default=9108, ge=0, le=65535)
     spool_dir: Path = Path(".coinpulse/spool")
+    # On-disk spool for database outages (collector/spool.py): at the cap the oldest rows are dropped.
+    spool_max_bytes: int = Field(default=1024**3, ge=1024**2, description="spool size cap in bytes")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
@@ -81,6 +83,12 @@ class Settings(BaseSettings):
                                    description="history interval by age, finest first: INTERVAL:MAX_AGE,...,INTERVAL")
     history_points_per_request: int = Field(default=500, ge=1, le=10000,
                                             description="intervals spanned by one history request at most")
+
+    # Gaps and backfill (collector/gaps.py): stream outages and restarts recorded in ingest_gaps, then filled.
+    backfill: Literal["auto", "on", "off"] = Field(
+        default="auto", description="fill recorded gaps from history: auto = on for live feeds, off for demo")
+    backfill_delay: float = Field(default=120.0, ge=0, description="seconds after a gap ends before it is filled")
+    gap_min_seconds: float = Field(default=0.0, ge=0, description="shorter intervals without data are not recorded")
 
     # Scale-out (collector/sharding.py, collector/leader.py): replicas split the assets; one runs snapshots.
     replicas: int = Field(default=1, ge=1, le=1000, description="collector replicas splitting the assets")

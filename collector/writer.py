@@ -6,8 +6,18 @@ batch repeats rows already stored (a replay after a reconnect, a spool drain, a 
 the unique index refuses it and the batch goes the slow way: COPY into a temporary staging table, then
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. Either way a row is stored exactly once.
 
-A batch that fails for connection reasons is kept and retried after a backoff; the queue in front is
-bounded, so memory stays bounded while the database is away (sources count what does not fit).
+A batch that fails for connection reasons goes to the on-disk spool (collector/spool.py) and the database is
+retried with capped, jittered backoff; meanwhile every new batch goes straight to the spool, so memory stays
+bounded however long the outage. Once the database answers, the writer drains the spool, oldest first, one
+spool batch after each live batch that is due, so new rows keep flowing while the backlog shrinks. Replays
+are safe (see above). When the spool is empty again, the rollups are refreshed over the drained time range
+(``refresh_window``, in a thread), since late rows in already materialized buckets show only after that.
+Without a spool the failed batch is kept in memory and retried (the queue in front is bounded, so memory is
+still bounded, and sources count what does not fit).
+
+Shutdown (``run``'s ``stop``): what is queued is written to the database until the grace deadline, or to the
+spool at once when the database is away; ``spool_remaining`` lets the caller do the same if this thread is
+stuck in a database call when the grace period ends.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -33,7 +43,10 @@ from collector.coincap.models import (
     Record,
     Tick,
 )
+from collector.db.rollups import refresh_window
+from collector.errors import CoinPulseError
 from collector.metrics import Metrics
+from collector.spool import Spool, SpoolError
 
 __all__ = ["TABLES", "BatchWriter", "TableSpec", "copy_rows"]
 
@@ -133,19 +146,31 @@ class BatchWriter:
         backoff: Backoff | None = None,
         wall_clock: Callable[[], float] = time.time,
         on_committed: Callable[[dict[str, int]], None] | None = None,
+        spool: Spool | None = None,
+        log_every: float = 60.0,
+        refresh_rollups: bool = True,
     ) -> None:
         self._url = database_url
         self._queue = queue
         self._metrics = metrics
         self._batch_size = batch_size
         self._batch_max_age = batch_max_age
-        self._backoff = backoff or Backoff(initial=0.5, cap=15.0)
+        self._backoff = backoff or Backoff(initial=0.5, cap=5.0)
         self._now = wall_clock
         self._on_committed = on_committed
+        self._spool = spool
+        self._log_every = log_every
         self._conn: Connection | None = None
         self._known_assets: set[str] = set()
         self._known_exchanges: set[str] = set()
         self._pending: list[Record] = []
+        self._retry_at: float | None = None  # monotonic; set while the database is away
+        self._down_since: float | None = None
+        self._down_logged = 0.0
+        self._spool_retry_at = 0.0  # after a spool error, leave the spool alone until then
+        self._refresh_rollups = refresh_rollups
+        self._drained: tuple[datetime, datetime] | None = None  # time range of the rows drained so far
+        self._refresher: threading.Thread | None = None
         self.last_success: float | None = None  # wall-clock time of the last commit or successful connect
         self.last_error: str | None = None
         metrics.queue_capacity.set(queue.capacity)
@@ -156,43 +181,185 @@ class BatchWriter:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
 
+    @property
+    def database_down(self) -> bool:
+        """True from a failed round trip until the next successful one (batches are spooled meanwhile)."""
+        return self._retry_at is not None
+
+    def _may_try(self) -> bool:
+        return self._retry_at is None or time.monotonic() >= self._retry_at
+
+    def _spool_ready(self) -> bool:
+        return self._spool is not None and time.monotonic() >= self._spool_retry_at
+
     # -- the loop -----------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, drain_deadline: Callable[[], float | None] = lambda: None) -> None:
-        """Write until ``stop`` is set, then keep writing what is queued until the queue is empty or the
-        monotonic time returned by ``drain_deadline()`` passes."""
+        """Write until ``stop`` is set, then write what is queued: to the database until the monotonic time
+        ``drain_deadline()`` (or to the spool at once while the database is away), then to the spool."""
         try:  # connect now, so health reports the database before the first batch
             self._connection()
         except psycopg.OperationalError as exc:
             self._metrics.db_up.set(0)
             self.last_error = _one_line(exc)
-            log.warning("database unreachable at start, will retry: %s", self.last_error)
-        while True:
-            if stop.is_set():
-                deadline = drain_deadline()
-                if not self._pending and len(self._queue) == 0:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    left = len(self._pending) + len(self._queue)
-                    log.error("writer stopping with rows_unwritten=%d: the shutdown grace period ran out", left)
-                    self._metrics.rows_dropped.labels(reason="shutdown").inc(left)
-                    break
-            if not self._pending:
+            self._database_failed()
+        while not (stop.is_set() and self._finished(drain_deadline())):
+            self._step(stop)
+        self.close()
+
+    def _step(self, stop: threading.Event) -> None:
+        spool = self._spool
+        draining = (spool is not None and not stop.is_set() and self._may_try() and self._spool_ready()
+                    and not spool.empty)
+        if not self._pending:
+            if draining:  # the spool has work: take live rows only when they are due, never wait for them
+                self._pending = self._queue.take_due(self._batch_size, self._batch_max_age)
+            else:
                 wait = 0.05 if stop.is_set() else 0.5
                 self._pending = self._queue.get_batch(self._batch_size, self._batch_max_age, wait)
-                if not self._pending:
-                    continue
-            if self._attempt(self._pending):
-                self._pending = []
-                continue
-            delay = self._backoff.next_delay()
-            log.warning("write failed, retrying in delay=%.1fs rows_waiting=%d error=%s",
-                        delay, len(self._pending) + len(self._queue), self.last_error)
-            if stop.is_set():
-                time.sleep(min(delay, 0.5))  # draining for shutdown: keep trying until the deadline
+        if self._pending:
+            if not self._deliver(self._pending):  # neither the database nor the spool took it: wait
+                delay = max(0.05, (self._retry_at or 0.0) - time.monotonic())
+                if stop.is_set():
+                    time.sleep(min(delay, 0.5))  # draining for shutdown: keep trying until the deadline
+                else:
+                    stop.wait(delay)
+                return
+            self._pending = []
+        if draining and self._may_try():
+            self._drain_one()
+
+    def _deliver(self, batch: list[Record]) -> bool:
+        """To the database if it may be tried now, else (or if that fails) to the spool. True when taken."""
+        if self._may_try():
+            if self._attempt(batch):
+                self._database_back()
+                return True
+            self._database_failed()
+        if self._spool_ready():
+            return self._to_spool(batch)
+        return False
+
+    def _drain_one(self) -> None:
+        spool = self._spool
+        assert spool is not None
+        try:
+            batch = spool.read(self._batch_size)
+        except (SpoolError, OSError) as exc:
+            self._spool_failed("read", exc)
+            return
+        if batch is None:
+            return
+        if batch.records:
+            if not self._attempt(batch.records):
+                self._database_failed()
+                return
+            self._database_back()
+            lo, hi = min(r.time for r in batch.records), max(r.time for r in batch.records)
+            if self._drained is not None:
+                lo, hi = min(lo, self._drained[0]), max(hi, self._drained[1])
+            self._drained = lo, hi
+        spool.ack(batch)
+        if spool.empty:
+            log.info("spool drained: every spooled row is in the database")
+            self._refresh_drained()
+
+    def _refresh_drained(self) -> None:
+        """Late rows inside buckets the rollups already materialized show there only after a refresh: refresh
+        the drained time range, in a thread of its own (it may wait for a refresh policy's lock)."""
+        drained, self._drained = self._drained, None
+        if drained is None or not self._refresh_rollups:
+            return
+        lo, hi = drained[0], drained[1] + timedelta(microseconds=1)
+        previous = self._refresher
+
+        def refresh() -> None:
+            if previous is not None:
+                previous.join()
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=10,
+                                     application_name="coinpulse-rollup-refresh") as conn:
+                    refresh_window(conn, lo, hi)
+                log.info("rollups refreshed over the drained rows start=%s end=%s", lo.isoformat(), hi.isoformat())
+            except (psycopg.Error, CoinPulseError) as exc:
+                log.error("rollup refresh over the drained rows failed start=%s end=%s: %s (the refresh policies "
+                          "cover the last 2 hours; older buckets: collector.db.rollups.refresh_window)",
+                          lo.isoformat(), hi.isoformat(), _one_line(exc))
+
+        self._refresher = threading.Thread(target=refresh, name="rollup-refresh", daemon=True)
+        self._refresher.start()
+
+    def _to_spool(self, batch: Sequence[Record]) -> bool:
+        assert self._spool is not None
+        try:
+            for i in range(0, len(batch), self._batch_size):
+                self._spool.append(batch[i:i + self._batch_size])
+        except (SpoolError, OSError) as exc:
+            self._spool_failed("write", exc)
+            return False
+        return True
+
+    def _spool_failed(self, what: str, exc: BaseException) -> None:
+        self._spool_retry_at = time.monotonic() + 5.0
+        log.error("spool %s failed, retrying in 5s (rows stay in memory meanwhile): %s", what, exc)
+
+    def _database_failed(self) -> None:
+        now = time.monotonic()
+        delay = self._backoff.next_delay()
+        self._retry_at = now + delay
+        spool = "" if self._spool is None else f" spool_rows={self._spool.rows} spool_bytes={self._spool.size_bytes}"
+        where = "to the spool" if self._spool is not None else "in memory"
+        if self._down_since is None:
+            self._down_since = self._down_logged = now
+            log.warning("database unreachable, keeping batches %s, retrying in delay=%.1fs error=%s",
+                        where, delay, self.last_error)
+        elif now - self._down_logged >= self._log_every:
+            self._down_logged = now
+            log.warning("database unreachable for %.0fs, keeping batches %s rows_waiting=%d%s error=%s",
+                        now - self._down_since, where, len(self._queue) + len(self._pending), spool,
+                        self.last_error)
+
+    def _database_back(self) -> None:
+        if self._down_since is not None:
+            spool = self._spool
+            log.info("database back after %.1fs%s", time.monotonic() - self._down_since,
+                     "" if spool is None or spool.empty else
+                     f": draining the spool rows={spool.rows} bytes={spool.size_bytes}")
+        self._retry_at = self._down_since = None
+        self._backoff.reset()
+
+    def _finished(self, deadline: float | None) -> bool:
+        """While stopping: True when nothing is left to write (or what is left went to the spool)."""
+        left = len(self._pending) + len(self._queue)
+        if left == 0:
+            return True
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        if self._spool is not None and (self.database_down or out_of_time):
+            why = "the database is away" if self.database_down else "the shutdown grace period ran out"
+            spooled = self.spool_remaining()
+            log.warning("writer stopping: %s, spooled rows=%d to %s for the next run", why, spooled,
+                        self._spool.directory)
+            return True
+        if out_of_time:
+            log.error("writer stopping with rows_unwritten=%d: the shutdown grace period ran out", left)
+            self._metrics.rows_dropped.labels(reason="shutdown").inc(left)
+            return True
+        return False
+
+    def spool_remaining(self) -> int:
+        """Put the batch in hand and everything queued into the spool; the rows spooled. Rows the spool refuses
+        are counted as dropped (reason ``shutdown``). Safe to call from another thread at shutdown (a row
+        spooled twice is stored once)."""
+        spooled = 0
+        batch, self._pending = self._pending, []
+        while batch or (batch := self._queue.take_all(self._batch_size)):
+            if self._spool is not None and self._to_spool(batch):
+                spooled += len(batch)
             else:
-                stop.wait(delay)
-        self.close()
+                log.error("rows_unwritten=%d at shutdown: the spool refused them", len(batch))
+                self._metrics.rows_dropped.labels(reason="shutdown").inc(len(batch))
+            batch = []
+        return spooled
 
     def close(self) -> None:
         if self._conn is not None:
@@ -202,33 +369,40 @@ class BatchWriter:
     def _attempt(self, batch: Sequence[Record]) -> bool:
         try:
             self.write(batch)
-        except psycopg.OperationalError as exc:
-            self._metrics.write_errors.labels(kind="connection").inc()
-            self._metrics.db_up.set(0)
-            self.last_error = _one_line(exc)
-            self.close()
-            return False
         except psycopg.Error as exc:
+            if self._lost(exc):
+                self._connection_failed(exc)
+                return False
             # Not the connection: the database refused some row. Find it, keep all the others.
             self._metrics.write_errors.labels(kind="data").inc()
             log.error("batch refused rows=%d error=%s: writing row by row", len(batch), _one_line(exc))
             try:
                 self._write_one_by_one(batch)
-            except psycopg.OperationalError as exc2:
-                self._metrics.write_errors.labels(kind="connection").inc()
-                self.last_error = _one_line(exc2)
-                self.close()
+            except psycopg.Error as exc2:
+                self._connection_failed(exc2)
                 return False
         self._backoff.reset()
         return True
+
+    def _lost(self, exc: psycopg.Error) -> bool:
+        """Is ``exc`` about the connection (retry the batch) rather than the data?"""
+        conn = self._conn
+        return (isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+                or conn is None or conn.closed or conn.broken)
+
+    def _connection_failed(self, exc: psycopg.Error) -> None:
+        self._metrics.write_errors.labels(kind="connection").inc()
+        self._metrics.db_up.set(0)
+        self.last_error = _one_line(exc)
+        self.close()
 
     def _write_one_by_one(self, batch: Sequence[Record]) -> None:
         for record in batch:
             try:
                 self.write([record])
-            except psycopg.OperationalError:
-                raise
             except psycopg.Error as exc:
+                if self._lost(exc):
+                    raise
                 reason = f"db_{exc.sqlstate or 'error'}"
                 self._metrics.rows_rejected.labels(reason=reason).inc()
                 log.error("row refused by the database table=%s reason=%s error=%s",

@@ -143,7 +143,11 @@ def test_every_environment_variable_the_provisioning_reads_is_set_by_compose_and
     referenced: set[str] = set()
     for path in yaml_files():
         referenced |= set(ENV_REF.findall(path.read_text(encoding="utf-8")))
-    compose_env = load_yaml(ROOT / "docker-compose.yml")["services"]["grafana"]["environment"]
+    grafana = load_yaml(ROOT / "docker-compose.yml")["services"]["grafana"]
+    # Secrets are not in compose's environment: the entrypoint exports them from the secrets volume
+    # (compose/secrets.sh) before Grafana starts.
+    exported = re.findall(r"export ([A-Z_]+)=", " ".join(grafana.get("entrypoint", [])))
+    compose_env = {**grafana["environment"], **dict.fromkeys(exported, "from the secrets volume")}
     helm_env = load_yaml(ROOT / "helm" / "coinpulse" / "values.yaml")["grafana"]["envSecret"]["env"]
     datasource_env = set()
     for path in (PROVISIONING / "datasources").glob("*.y*ml"):
@@ -411,17 +415,21 @@ def test_promql_names_only_exported_metrics(where: str, expr: str, exported_metr
 
 
 def promtool() -> str | None:
-    """$PROMTOOL, promtool on PATH, or the Debian package unpacked outside the repository:
-    ``apt-get download prometheus && dpkg-deb -x prometheus_*.deb ~/.cache/coinpulse-tools/prometheus``."""
-    candidates = [os.environ.get("PROMTOOL"), shutil.which("promtool"),
-                  str(Path.home() / ".cache" / "coinpulse-tools" / "prometheus" / "usr" / "bin" / "promtool")]
-    return next((c for c in candidates if c and Path(c).is_file() and os.access(c, os.X_OK)), None)
+    """$PROMTOOL, promtool on PATH, or the one `scripts/tools promtool` fetches (Debian's prometheus package,
+    into .cache/tools), fetching it now if it can."""
+    candidates = [os.environ.get("PROMTOOL"), shutil.which("promtool")]
+    found = next((c for c in candidates if c and Path(c).is_file() and os.access(c, os.X_OK)), None)
+    if found:
+        return found
+    done = subprocess.run([str(ROOT / "scripts" / "tools"), "promtool"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
 
 
 def test_promql_parses_with_promtool(tmp_path: Path) -> None:
     tool = promtool()
     if tool is None:
-        pytest.skip("promtool not found ($PROMTOOL, PATH, ~/.cache/coinpulse-tools/prometheus from the Debian "
+        pytest.skip("promtool not found ($PROMTOOL, PATH, or `scripts/tools promtool` from the Debian "
                     "package prometheus): PromQL syntax not checked")
     rules = []
     for i, (_, expr) in enumerate(prom_targets()):

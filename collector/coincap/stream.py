@@ -1,9 +1,18 @@
 """The CoinCap v3 price stream: ``wss://wss.coincap.io/prices?assets=...&apiKey=...`` with a watchdog.
 
 ``PriceStream.run(stop)`` connects, hands every text frame to ``on_message(text, received_at)`` and
-reconnects with backoff whenever the socket closes, fails, or stays silent for ``watchdog`` seconds, until
-``stop`` is set. A key whose plan has no streaming (a plain-text ``Unauthorized`` frame, or HTTP 401/403 on
-the upgrade) raises ``NoWebSocketAccess``: the caller falls back to REST polling.
+reconnects whenever the socket closes, fails, or stays silent for ``watchdog`` seconds (the watchdog: an
+open socket that delivers nothing is as dead as a closed one), until ``stop`` is set. Reconnects wait a
+capped, jittered exponential backoff (``collector.backoff.Backoff``), reset by the first message of a
+working connection, so a server that accepts connections but stays silent is retried ever more slowly, up
+to the cap.
+
+Time is injected: ``clock`` (monotonic seconds) measures silence and ``sleep`` waits out the backoff, so
+tests drive both with a fake clock; ``poll`` is the longest blocking receive, i.e. how often the watchdog
+and ``stop`` are looked at.
+
+A key whose plan has no streaming (a plain-text ``Unauthorized`` frame, or HTTP 401/403 on the upgrade)
+raises ``NoWebSocketAccess``: the caller falls back to REST polling.
 
 Every ``on_connect(at)`` is followed by exactly one ``on_disconnect(at, reason)``, reason one of
 ``watchdog``, ``closed``, ``error``, ``unauthorized`` or ``stop``, so outages can be recorded as gaps.
@@ -24,7 +33,7 @@ from urllib.parse import quote
 
 import websocket
 
-from collector.backoff import Backoff
+from collector.backoff import Backoff, Sleeper
 from collector.coincap.parse import is_valid_id
 from collector.errors import NoWebSocketAccess
 from collector.metrics import Metrics
@@ -61,9 +70,11 @@ class PriceStream:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = _utcnow,
         connect_timeout: float = 10.0,
+        sleep: Sleeper | None = None,
+        poll: float | None = None,
     ) -> None:
-        if watchdog <= 0 or connect_timeout <= 0:
-            raise ValueError("watchdog and connect_timeout must be positive")
+        if watchdog <= 0 or connect_timeout <= 0 or (poll is not None and poll <= 0):
+            raise ValueError("watchdog, connect_timeout and poll must be positive")
         if assets == "ALL":
             subscription = "ALL"
         else:
@@ -78,7 +89,8 @@ class PriceStream:
         self._on_disconnect = on_disconnect
         self._metrics = metrics
         self._watchdog = watchdog
-        self._poll = min(_MAX_POLL, watchdog / 2)
+        self._poll = poll if poll is not None else min(_MAX_POLL, watchdog / 2)
+        self._sleep = sleep  # None: wait on the stop event
         self._backoff = backoff if backoff is not None else Backoff(initial=1.0, cap=60.0)
         self._clock = clock
         self._wall_clock = wall_clock
@@ -91,6 +103,7 @@ class PriceStream:
 
     def run(self, stop: threading.Event) -> None:
         """Stream until ``stop`` is set; raises ``NoWebSocketAccess`` when the key may not stream."""
+        sleep: Sleeper = self._sleep if self._sleep is not None else stop.wait
         self._backoff.reset()
         while not stop.is_set():
             reason = self._session(stop)
@@ -100,7 +113,7 @@ class PriceStream:
                 self._metrics.stream_reconnects.labels(reason=reason).inc()
             delay = self._backoff.next_delay()
             log.warning("price stream lost reason=%s reconnect_in=%.2fs url=%s", reason, delay, self.url)
-            if stop.wait(delay):
+            if sleep(delay) or stop.is_set():
                 break
         log.info("price stream stopped url=%s", self.url)
 
@@ -112,6 +125,7 @@ class PriceStream:
         if ws is None:
             return "error"
         connected_at = self._wall_clock()
+        opened = self._clock()  # silence is measured from here until the first message
         log.info("price stream connected url=%s", self.url)
         if self._metrics is not None:
             self._metrics.stream_connected.set(1)
@@ -119,12 +133,14 @@ class PriceStream:
         try:
             if self._on_connect is not None:
                 self._on_connect(connected_at)
-            reason = self._receive(ws, stop)
+            reason = self._receive(ws, stop, opened)
         except NoWebSocketAccess:
             reason = "unauthorized"
             raise
         finally:
-            self._close(ws, handshake=reason != "closed")
+            # No close handshake after 'Unauthorized': the server is closing already (1008), and websocket-client
+            # logs a non-1000 close reply at ERROR level, a second, alarming line beside the fallback's one.
+            self._close(ws, handshake=reason not in ("closed", "unauthorized"))
             if self._metrics is not None:
                 self._metrics.stream_connected.set(0)
             if self._on_disconnect is not None:
@@ -145,14 +161,15 @@ class PriceStream:
         ws.settimeout(self._poll)
         return ws
 
-    def _receive(self, ws: Any, stop: threading.Event) -> str:
-        last = self._clock()
+    def _receive(self, ws: Any, stop: threading.Event, opened: float) -> str:
+        last = opened
         got_one = False
         while True:
             if stop.is_set():
                 return "stop"
-            if self._clock() - last >= self._watchdog:
-                log.warning("price stream silent for %.1fs (watchdog), reconnecting", self._clock() - last)
+            silent = self._clock() - last
+            if silent >= self._watchdog:
+                log.warning("price stream silent for %.1fs (watchdog %.1fs), reconnecting", silent, self._watchdog)
                 return "watchdog"
             try:
                 opcode, data = ws.recv_data()
