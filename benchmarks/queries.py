@@ -246,6 +246,40 @@ def load_dashboard_data(url: str, assets: int, days: int) -> None:
         say(f"dashboard snapshots loaded and rolled up in {time.perf_counter() - started:.0f} s")
 
 
+DASHBOARD_THRESHOLDS = """
+INSERT INTO coinpulse.alert_thresholds (kind, asset_id, value, time_window, enabled)
+SELECT k.kind, 'asset-' || lpad(a::text, 3, '0'), k.value, k.time_window::interval, a %% 10 <> 9
+FROM generate_series(0, least(%(assets)s::int, 20) - 1) a
+CROSS JOIN (VALUES ('price_above', 1e6::float8, NULL), ('price_below', 1, NULL), ('change_above', 5, '1 hour'),
+                   ('change_below', -5, '1 day'), ('volume_above', 1e12, NULL), ('volume_change_above', 50, '1 day'),
+                   ('stale', NULL, '10 minutes')) k(kind, value, time_window)
+"""
+
+
+def load_alert_thresholds(url: str, assets: int) -> None:
+    """For the alerts dashboard: a portfolio holding 10 assets, and user thresholds of every kind (each asset kind
+    on 20 assets, one in ten disabled, and both portfolio kinds): 142. Skipped when thresholds are there."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        have = conn.execute("SELECT count(*) FROM coinpulse.alert_thresholds").fetchone()
+        assert have is not None
+        if have[0]:
+            say(f"reusing the {have[0]} alert thresholds already there")
+            return
+        conn.execute("INSERT INTO coinpulse.portfolios (name) VALUES ('bench') ON CONFLICT DO NOTHING")
+        conn.execute("INSERT INTO coinpulse.portfolio_transactions (portfolio_id, time, asset_id, quantity, price_usd) "
+                     "SELECT p.portfolio_id, now() - interval '30 days', 'asset-' || lpad(a::text, 3, '0'), 1, 100 "
+                     "FROM coinpulse.portfolios p CROSS JOIN generate_series(0, least(%s, 10) - 1) a "
+                     "WHERE p.name = 'bench'", (assets,))
+        conn.execute(DASHBOARD_THRESHOLDS, {"assets": assets})
+        conn.execute("INSERT INTO coinpulse.alert_thresholds (kind, portfolio_id, value, time_window) "
+                     "SELECT k, portfolio_id, v, w::interval FROM coinpulse.portfolios, "
+                     "(VALUES ('portfolio_value_below', 1000::float8, NULL), ('portfolio_change_below', -5, '1 day')) "
+                     "x(k, v, w) WHERE name = 'bench'")
+        count = conn.execute("SELECT count(*) FROM coinpulse.alert_thresholds").fetchone()
+        assert count is not None
+        say(f"{count[0]} alert thresholds and a portfolio of {min(assets, 10)} assets loaded")
+
+
 def _explain_ms(conn: psycopg.Connection[tuple[object, ...]], query: str) -> float:
     # No parameters: panel SQL is complete text (and may hold % signs, e.g. format('%I.%I', ...)).
     row = conn.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {query}").fetchone()
@@ -333,6 +367,7 @@ def main() -> int:
             say(line)
         if args.dashboards:
             load_dashboard_data(url, args.assets, args.days)
+            load_alert_thresholds(url, args.assets)
             for line in dashboard_queries(url, args.runs):
                 say(line)
     finally:
