@@ -186,17 +186,24 @@ CREATE TRIGGER alert_thresholds_validate BEFORE INSERT OR UPDATE ON coinpulse.al
     FOR EACH ROW EXECUTE FUNCTION coinpulse.alert_thresholds_validate();
 
 -- The latest price of an asset: its newest tick, or (only when raw retention dropped them all) the close of its
--- newest one-minute candle.
+-- newest one-minute candle. Looked for in the last hour, then the last week, then everywhere: each lookup names
+-- its bound with now(), so TimescaleDB excludes older chunks when planning. An unbounded ORDER BY time DESC
+-- LIMIT 1 plans every chunk (90 days of them by default) for every threshold, every minute the rule runs.
 CREATE FUNCTION coinpulse.alert_latest_price(p_asset text, OUT price double precision, OUT as_of timestamptz)
-LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
-    SELECT x.price, x.as_of FROM (
-        (SELECT t.price_usd, t.time FROM coinpulse.price_ticks t
-         WHERE t.asset_id = p_asset ORDER BY t.time DESC LIMIT 1)
-        UNION ALL
-        (SELECT c.close, c.bucket + INTERVAL '1 minute' FROM coinpulse.candles_1m c
-         WHERE c.asset_id = p_asset ORDER BY c.bucket DESC LIMIT 1)
-    ) AS x(price, as_of)
-    LIMIT 1
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $fn$
+BEGIN
+    SELECT t.price_usd, t.time INTO price, as_of FROM coinpulse.price_ticks t
+    WHERE t.asset_id = p_asset AND t.time > now() - INTERVAL '1 hour' ORDER BY t.time DESC LIMIT 1;
+    IF FOUND THEN RETURN; END IF;
+    SELECT t.price_usd, t.time INTO price, as_of FROM coinpulse.price_ticks t
+    WHERE t.asset_id = p_asset AND t.time > now() - INTERVAL '7 days' ORDER BY t.time DESC LIMIT 1;
+    IF FOUND THEN RETURN; END IF;
+    SELECT t.price_usd, t.time INTO price, as_of FROM coinpulse.price_ticks t
+    WHERE t.asset_id = p_asset ORDER BY t.time DESC LIMIT 1;
+    IF FOUND THEN RETURN; END IF;
+    SELECT c.close, c.bucket + INTERVAL '1 minute' INTO price, as_of FROM coinpulse.candles_1m c
+    WHERE c.asset_id = p_asset ORDER BY c.bucket DESC LIMIT 1;
+END
 $fn$;
 
 -- The price of an asset a window ago: the close of the last one-minute candle that ended by now() - window,
@@ -226,8 +233,14 @@ BEGIN
         ref := coinpulse.alert_price_ago(p_asset, p_window);
         current_value := CASE WHEN ref > 0 THEN 100 * (current_value / ref - 1) END;
     ELSIF p_kind IN ('volume_above', 'volume_change_above') THEN
+        -- Bounded first (a day), for the same reason as alert_latest_price.
         SELECT s.volume_usd_24hr, s.time INTO current_value, as_of FROM coinpulse.asset_snapshots s
-        WHERE s.asset_id = p_asset AND s.volume_usd_24hr IS NOT NULL ORDER BY s.time DESC LIMIT 1;
+        WHERE s.asset_id = p_asset AND s.volume_usd_24hr IS NOT NULL AND s.time > now() - INTERVAL '1 day'
+        ORDER BY s.time DESC LIMIT 1;
+        IF NOT FOUND THEN
+            SELECT s.volume_usd_24hr, s.time INTO current_value, as_of FROM coinpulse.asset_snapshots s
+            WHERE s.asset_id = p_asset AND s.volume_usd_24hr IS NOT NULL ORDER BY s.time DESC LIMIT 1;
+        END IF;
         IF p_kind = 'volume_change_above' THEN
             SELECT s.volume_usd_24hr INTO ref FROM coinpulse.asset_snapshots s
             WHERE s.asset_id = p_asset AND s.volume_usd_24hr IS NOT NULL
