@@ -347,8 +347,7 @@ def grafana_files(pattern: str) -> dict[str, str]:
 @pytest.mark.parametrize("kind", list(GRAFANA_KINDS))
 def test_grafana_configmaps_carry_the_repository_files_for_the_sidecars(helm: str, chart: Path, kind: str) -> None:
     label, pattern = GRAFANA_KINDS[kind]
-    if not grafana_present(kind):
-        pytest.skip(f"no grafana/{pattern} in the tree yet (issues 6/7): nothing to package")
+    assert grafana_present(kind), f"no grafana/{pattern} in the repository: nothing to package"
     docs = render(helm, chart, "-f", str(CHART / "ci" / "default-values.yaml"))
     cm = one(docs, "ConfigMap", f"-grafana-{kind}")
     assert cm["metadata"]["labels"][label] == "1"
