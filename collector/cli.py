@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -46,9 +47,9 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     from collector.app import credit_planner
-    from collector.doctor import doctor_lines, exit_code, format_check, plan_checks, settings_checks
+    from collector.doctor import alerting_checks, doctor_lines, exit_code, format_check, plan_checks, settings_checks
 
-    checks = settings_checks(settings)
+    checks = settings_checks(settings) + alerting_checks(os.environ)
     planner = credit_planner(settings, websocket=settings.resolved_feed == "ws")
     if planner is not None:
         checks += plan_checks(planner)

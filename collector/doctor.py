@@ -10,6 +10,7 @@ rows, tested without a database.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, NamedTuple
@@ -17,16 +18,30 @@ from typing import Literal, NamedTuple
 import psycopg
 import sqlalchemy
 
+from collector.alerting import render_files
+from collector.alerting.channels import configured_channels
 from collector.budget import CreditPlanner
 from collector.db.connect import connect, server_info
 from collector.db.lifecycle import RAW_TABLES, minimum_retention, raw_refresh_windows
 from collector.db.migrate import current_revision, head_revision
 from collector.db.rollups import ROLLUPS
-from collector.errors import CoinPulseError
+from collector.errors import CoinPulseError, ConfigError
 from collector.settings import Settings, redact_url
 
-__all__ = ["Check", "JobRow", "LagRow", "database_checks", "doctor_lines", "exit_code", "format_check",
-           "job_check", "lag_check", "plan_checks", "settings_checks"]
+__all__ = [
+    "Check",
+    "JobRow",
+    "LagRow",
+    "alerting_checks",
+    "database_checks",
+    "doctor_lines",
+    "exit_code",
+    "format_check",
+    "job_check",
+    "lag_check",
+    "plan_checks",
+    "settings_checks",
+]
 
 Status = Literal["OK", "WARN", "FAIL"]
 
@@ -175,6 +190,21 @@ def _has_rows(conn: psycopg.Connection[tuple[object, ...]], table: str | None) -
         return True
     row = conn.execute(f"SELECT EXISTS (SELECT FROM coinpulse.{table})").fetchone()  # noqa: S608 - RAW_TABLES
     return bool(row and row[0])
+
+
+def alerting_checks(env: Mapping[str, str]) -> list[Check]:
+    """Alert provisioning from this environment (what `coinpulse alerting render` would write): the channels
+    notifications go to, or the one-line reason a COINPULSE_ALERT_* / GF_SMTP_* setting is refused."""
+    try:
+        render_files(env)
+        channels = configured_channels(env)
+    except ConfigError as exc:
+        return [Check("FAIL", "alerting: provisioning", str(exc))]
+    if channels:
+        return [Check("OK", "alerting: channels", ", ".join(channels))]
+    return [Check("WARN", "alerting: channels", "none configured: alerts go only to the collector's own /alerts "
+                  "(logged and counted); set COINPULSE_ALERT_EMAIL_TO, _WEBHOOK_URL, _SLACK_* or _TELEGRAM_* "
+                  "(README \"Alerts\")")]
 
 
 def settings_checks(settings: Settings) -> list[Check]:

@@ -17,6 +17,7 @@ from collector.doctor import (
     Check,
     JobRow,
     LagRow,
+    alerting_checks,
     doctor_lines,
     exit_code,
     format_check,
@@ -176,3 +177,16 @@ def test_settings_checks_without_and_with_a_live_feed() -> None:
     assert missing["config: api key"].status == "FAIL"
     assets = {c.name: c for c in settings_checks(load_settings({"COINPULSE_ASSETS": "bitcoin,ethereum"}))}
     assert assets["config: assets"].detail == "2 (bitcoin, ethereum)"
+
+
+def test_alerting_checks_name_the_channels_or_the_refused_setting() -> None:
+    (none,) = alerting_checks({})
+    assert none.status == "WARN" and "collector's own /alerts" in none.detail
+    (ok,) = alerting_checks({"COINPULSE_ALERT_WEBHOOK_URL": "https://hooks.example.com/x",
+                             "COINPULSE_ALERT_TELEGRAM_BOT_TOKEN": "123:abc",
+                             "COINPULSE_ALERT_TELEGRAM_CHAT_ID": "-1001"})
+    assert (ok.status, ok.name, ok.detail) == ("OK", "alerting: channels", "webhook, telegram")
+    (bad,) = alerting_checks({"COINPULSE_ALERT_EMAIL_TO": "ops@example.com"})
+    assert bad.status == "FAIL" and bad.detail.startswith("COINPULSE_ALERT_EMAIL_TO is set but GF_SMTP_HOST is not")
+    (bad,) = alerting_checks({"COINPULSE_ALERT_TELEGRAM_BOT_TOKEN": "123:abc"})
+    assert bad.status == "FAIL" and "COINPULSE_ALERT_TELEGRAM_CHAT_ID" in bad.detail
