@@ -130,10 +130,7 @@ def main() -> int:
         if server.admin_url is None:
             print(f"no database: {server.skip_reason}")
             return 2
-        with psycopg.connect(server.admin_url, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS coinpulse_bench_ingest WITH (FORCE)")
-            conn.execute("CREATE DATABASE coinpulse_bench_ingest")
-        url = server.url("coinpulse_bench_ingest")
+        url = server.fresh_database("coinpulse_bench_ingest")
     try:
         migrate(url)
         print(f"generating {args.rows:,} ticks as WebSocket frames ...", flush=True)

@@ -175,10 +175,7 @@ def main() -> int:
         if server.admin_url is None:
             print(f"no database: {server.skip_reason}")
             return 2
-        with psycopg.connect(server.admin_url, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS coinpulse_bench_outage WITH (FORCE)")
-            conn.execute("CREATE DATABASE coinpulse_bench_outage")
-        url = server.url("coinpulse_bench_outage")
+        url = server.fresh_database("coinpulse_bench_outage")
     tmp = Path(tempfile.mkdtemp(prefix="coinpulse-outage-"))
     try:
         migrate(url)

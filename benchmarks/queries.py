@@ -357,9 +357,7 @@ def main() -> int:
         server = find_server()
         if server.admin_url is None:
             raise SystemExit(f"no TimescaleDB: {server.skip_reason}")
-        with psycopg.connect(server.admin_url, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE coinpulse_bench")
-        url = server.url("coinpulse_bench")
+        url = server.fresh_database("coinpulse_bench")
         say(f"throwaway cluster: {server.how}")
     try:
         start, end = load(url, args.assets, args.days, not args.no_columnstore)

@@ -118,3 +118,29 @@ def evaluate(conn: psycopg.Connection[Any], uid: str, *, now: datetime | None = 
             if _math(model["expression"], {ref: results[ref].get(labels) for ref in refs}):
                 firing.add(labels)
     return firing
+
+
+def schedule_jobs(conn: psycopg.Connection[Any], now: datetime) -> tuple[int, int, int]:
+    """Three policy jobs scheduled (the tests pause them all) with statistics as TimescaleDB's scheduler records them:
+    one fine, one whose last run failed, one overdue. Call it inside a transaction that is rolled back, so
+    the scheduler never sees (or runs) them. Returns the three job ids."""
+    jobs = {name: job_id for job_id, name in conn.execute(
+        "SELECT job_id, hypertable_name || '/' || proc_name FROM timescaledb_information.jobs "
+        "WHERE hypertable_schema = 'coinpulse'")}
+    ok, failed, overdue = (jobs["candles_1h/policy_refresh_continuous_aggregate"],
+                           jobs["candles_1m/policy_refresh_continuous_aggregate"],
+                           jobs["price_ticks/policy_retention"])
+    for job_id in (ok, failed, overdue):
+        conn.execute("SELECT alter_job(%s, scheduled => true)", (job_id,))
+    conn.execute("DELETE FROM _timescaledb_internal.bgw_job_stat")
+    for job_id, success, next_start in ((ok, True, now + timedelta(hours=1)), (failed, False, now + timedelta(hours=1)),
+                                        (overdue, True, now - timedelta(days=3))):
+        conn.execute(
+            "INSERT INTO _timescaledb_internal.bgw_job_stat (job_id, last_start, last_finish, next_start, "
+            "last_successful_finish, last_run_success, total_runs, total_duration, total_duration_failures, "
+            "total_successes, total_failures, total_crashes, consecutive_failures, consecutive_crashes) "
+            "VALUES (%s, %s, %s, %s, %s, %s, 10, '1 s', '0 s', %s, %s, 0, %s, 0)",
+            (job_id, now - timedelta(minutes=6), now - timedelta(minutes=5), next_start,
+             now - timedelta(minutes=5) if success else now - timedelta(days=1), success, 10 if success else 7,
+             0 if success else 3, 0 if success else 3))
+    return ok, failed, overdue

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg import sql
 
 TIMESCALE_IMAGE = "timescale/timescaledb:2.17.2-pg15"
 
@@ -45,6 +46,14 @@ class Server:
         if parts.scheme not in ("postgresql", "postgres"):
             raise ValueError("COINPULSE_TEST_DATABASE_URL must be a postgresql:// URL")
         return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, ""))
+
+    def fresh_database(self, dbname: str) -> str:
+        """Drop ``dbname`` if it exists, create it empty, and return its URL (benchmarks start from scratch)."""
+        assert self.admin_url is not None
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        return self.url(dbname)
 
     def stop(self) -> None:
         while self._cleanup:

@@ -10,7 +10,6 @@ it these tests skip, saying so.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+import tools
 from alerting_support import provisioned
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,13 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    path = os.environ.get("PROMTOOL") or str(ROOT / ".cache" / "tools" / "promtool-2.42.0" / "promtool")
-    if not Path(path).is_file():
-        done = subprocess.run([str(ROOT / "scripts" / "tools"), "promtool"], capture_output=True, text=True,
-                              timeout=600, check=False)
-        if done.returncode != 0:
-            pytest.skip(f"promtool not available ({done.stderr.strip() or 'scripts/tools promtool failed'})")
-        path = done.stdout.strip()
+    path = tools.promtool()
+    if path is None:
+        pytest.skip("promtool not available ($PROMTOOL, PATH, or `scripts/tools promtool` from Debian's prometheus)")
     return path
 
 

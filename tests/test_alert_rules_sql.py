@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from alerting_support import evaluate, numbers
+from alerting_support import evaluate, numbers, schedule_jobs
 
 pytestmark = pytest.mark.full_edition
 
@@ -95,28 +95,9 @@ def test_failing_and_overdue_policy_jobs(db: Conn) -> None:
     """Three jobs scheduled (the tests pause them all), with statistics as TimescaleDB's scheduler records them:
     one fine, one whose last run failed, one overdue. All in one transaction that is rolled back, so the
     scheduler never sees (or runs) them."""
-    jobs = {name: job_id for job_id, name in db.execute(
-        "SELECT job_id, hypertable_name || '/' || proc_name FROM timescaledb_information.jobs "
-        "WHERE hypertable_schema = 'coinpulse'")}
-    ok, failed, overdue = (jobs["candles_1h/policy_refresh_continuous_aggregate"],
-                           jobs["candles_1m/policy_refresh_continuous_aggregate"],
-                           jobs["price_ticks/policy_retention"])
     now = now_of(db)
     with db.transaction(force_rollback=True):
-        for job_id in (ok, failed, overdue):
-            db.execute("SELECT alter_job(%s, scheduled => true)", (job_id,))
-        db.execute("DELETE FROM _timescaledb_internal.bgw_job_stat")
-        for job_id, success, next_start in ((ok, True, now + timedelta(hours=1)),
-                                            (failed, False, now + timedelta(hours=1)),
-                                            (overdue, True, now - timedelta(days=3))):
-            db.execute(
-                "INSERT INTO _timescaledb_internal.bgw_job_stat (job_id, last_start, last_finish, next_start, "
-                "last_successful_finish, last_run_success, total_runs, total_duration, total_duration_failures, "
-                "total_successes, total_failures, total_crashes, consecutive_failures, consecutive_crashes) "
-                "VALUES (%s, %s, %s, %s, %s, %s, 10, '1 s', '0 s', %s, %s, 0, %s, 0)",
-                (job_id, now - timedelta(minutes=6), now - timedelta(minutes=5), next_start,
-                 now - timedelta(minutes=5) if success else now - timedelta(days=1), success, 10 if success else 7,
-                 0 if success else 3, 0 if success else 3))
+        ok, failed, overdue = schedule_jobs(db, now)
         failing = {dict(k)["job_id"]: v for k, v in numbers(db, "coinpulse-job-failing", "A").items()}
         # Only the scheduled jobs: one row each.
         assert failing == {str(ok): 0.0, str(failed): 1.0, str(overdue): 1.0}

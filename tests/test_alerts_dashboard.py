@@ -14,7 +14,6 @@ The PromQL panels are evaluated by Prometheus's own engine (``promtool test rule
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ import psycopg
 import pytest
 import yaml
 
+import tools
+from alerting_support import schedule_jobs
 from grafana_sql import Target, auto_interval, expand, panel_targets, time_range
 from test_alert_thresholds import CASES, load_known_data
 
@@ -340,30 +341,6 @@ PIPELINE = "Pipeline signals the rules watch (database)"
 CHECKED.add((PIPELINE, "A"))
 
 
-def schedule_jobs(conn: Conn, now: datetime) -> None:
-    """Three policy jobs scheduled (the tests pause them all) with statistics as TimescaleDB's scheduler records them:
-    one fine, one whose last run failed, one overdue (rolled back with the test's transaction)."""
-    jobs = {name: job_id for job_id, name in conn.execute(
-        "SELECT job_id, hypertable_name || '/' || proc_name FROM timescaledb_information.jobs "
-        "WHERE hypertable_schema = 'coinpulse'")}
-    ok, failed, overdue = (jobs["candles_1h/policy_refresh_continuous_aggregate"],
-                           jobs["candles_1m/policy_refresh_continuous_aggregate"],
-                           jobs["price_ticks/policy_retention"])
-    for job_id in (ok, failed, overdue):
-        conn.execute("SELECT alter_job(%s, scheduled => true)", (job_id,))
-    conn.execute("DELETE FROM _timescaledb_internal.bgw_job_stat")
-    for job_id, success, next_start in ((ok, True, now + timedelta(hours=1)), (failed, False, now + timedelta(hours=1)),
-                                        (overdue, True, now - timedelta(days=3))):
-        conn.execute(
-            "INSERT INTO _timescaledb_internal.bgw_job_stat (job_id, last_start, last_finish, next_start, "
-            "last_successful_finish, last_run_success, total_runs, total_duration, total_duration_failures, "
-            "total_successes, total_failures, total_crashes, consecutive_failures, consecutive_crashes) "
-            "VALUES (%s, %s, %s, %s, %s, %s, 10, '1 s', '0 s', %s, %s, 0, %s, 0)",
-            (job_id, now - timedelta(minutes=6), now - timedelta(minutes=5), next_start,
-             now - timedelta(minutes=5) if success else now - timedelta(days=1), success, 10 if success else 7,
-             0 if success else 3, 0 if success else 3))
-
-
 @pytest.mark.full_edition
 def test_pipeline_signals(world: World) -> None:
     now = world.now
@@ -420,13 +397,9 @@ def test_dashboard_shape() -> None:
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    path = os.environ.get("PROMTOOL") or str(ROOT / ".cache" / "tools" / "promtool-2.42.0" / "promtool")
-    if not Path(path).is_file():
-        done = subprocess.run([str(ROOT / "scripts" / "tools"), "promtool"], capture_output=True, text=True,
-                              timeout=600, check=False)
-        if done.returncode != 0:
-            pytest.skip(f"promtool not available ({done.stderr.strip() or 'scripts/tools promtool failed'})")
-        path = done.stdout.strip()
+    path = tools.promtool()
+    if path is None:
+        pytest.skip("promtool not available ($PROMTOOL, PATH, or `scripts/tools promtool` from Debian's prometheus)")
     return path
 
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -34,6 +32,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+import tools
 from collector.http import HttpServer
 from collector.metrics import Metrics
 from grafana_sql import panel_targets
@@ -414,20 +413,8 @@ def test_promql_names_only_exported_metrics(where: str, expr: str, exported_metr
     assert names <= exported_metrics, f"{where}: not exported by the collector: {sorted(names - exported_metrics)}"
 
 
-def promtool() -> str | None:
-    """$PROMTOOL, promtool on PATH, or the one `scripts/tools promtool` fetches (Debian's prometheus package,
-    into .cache/tools), fetching it now if it can."""
-    candidates = [os.environ.get("PROMTOOL"), shutil.which("promtool")]
-    found = next((c for c in candidates if c and Path(c).is_file() and os.access(c, os.X_OK)), None)
-    if found:
-        return found
-    done = subprocess.run([str(ROOT / "scripts" / "tools"), "promtool"], capture_output=True, text=True,
-                          timeout=300, check=False)
-    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
-
-
 def test_promql_parses_with_promtool(tmp_path: Path) -> None:
-    tool = promtool()
+    tool = tools.promtool()
     if tool is None:
         pytest.skip("promtool not found ($PROMTOOL, PATH, or `scripts/tools promtool` from the Debian "
                     "package prometheus): PromQL syntax not checked")
