@@ -77,7 +77,7 @@ def raw_copy(url: str, batches: list[list[Tick]], batch_rows: int) -> float:
         return time.perf_counter() - started
 
 
-def writer_path(url: str, produce: Callable[[Intake], None], batch_rows: int, expected: int) -> float:
+def writer_path(url: str, produce: Callable[[RecordQueue, Intake], None], batch_rows: int, expected: int) -> float:
     metrics = Metrics()
     queue = RecordQueue(200_000)
     intake = Intake(queue, metrics)
@@ -87,7 +87,7 @@ def writer_path(url: str, produce: Callable[[Intake], None], batch_rows: int, ex
     thread = threading.Thread(target=writer.run, args=(stop, lambda: None))
     started = time.perf_counter()
     thread.start()
-    produce(intake)
+    produce(queue, intake)
     while metrics.registry.get_sample_value("coinpulse_rows_written_total", {"table": "price_ticks"}) != expected:
         time.sleep(0.001)
         if not thread.is_alive():
@@ -98,20 +98,25 @@ def writer_path(url: str, produce: Callable[[Intake], None], batch_rows: int, ex
     return elapsed
 
 
-def feed_records(batches: list[list[Tick]]) -> Callable[[Intake], None]:
-    def produce(intake: Intake) -> None:
+def submit(queue: RecordQueue, intake: Intake, records: list[Tick]) -> None:
+    """Like a blocking producer: wait until the rows fit, then hand them over (so nothing overflows, nothing is
+    counted or logged as dropped, and each tick is counted as received once)."""
+    queue.wait_for_room(len(records))
+    if not intake.submit(records):
+        raise RuntimeError("the queue refused rows after wait_for_room: more than one producer?")
+
+
+def feed_records(batches: list[list[Tick]]) -> Callable[[RecordQueue, Intake], None]:
+    def produce(queue: RecordQueue, intake: Intake) -> None:
         for batch in batches:
-            while not intake.submit(batch):  # queue full: wait like a blocking producer, never drop
-                time.sleep(0.0005)
+            submit(queue, intake, batch)
     return produce
 
 
-def feed_frames(frames: list[tuple[datetime, str]]) -> Callable[[Intake], None]:
-    def produce(intake: Intake) -> None:
+def feed_frames(frames: list[tuple[datetime, str]]) -> Callable[[RecordQueue, Intake], None]:
+    def produce(queue: RecordQueue, intake: Intake) -> None:
         for at, text in frames:
-            result = parse_price_message(text, at)
-            while not intake.submit(result.records):
-                time.sleep(0.0005)
+            submit(queue, intake, parse_price_message(text, at).records)
     return produce
 
 

@@ -221,6 +221,7 @@ def run(args: argparse.Namespace, url: str, host: str, port: int, tmp: Path) -> 
             # The writer retries on its backoff (at most 5 s apart): the drain starts when it is back.
             retry_s = wait(lambda: proc.metric("coinpulse_database_up") == 1, 60, "the writer to reconnect")
             backlog = proc.metric("coinpulse_spool_rows")
+            load_at_drain = os.getloadavg()
             drained_0 = proc.metric("coinpulse_spool_rows_drained_total")
             written_0 = proc.metric("coinpulse_rows_written_total", table="price_ticks")
             drain_s = wait(lambda: proc.metric("coinpulse_spool_rows") == 0 and proc.metric(
@@ -262,7 +263,8 @@ def run(args: argparse.Namespace, url: str, host: str, port: int, tmp: Path) -> 
           f"  (target >= 50,000; ratio {rate / 50_000:.2f}); all rows incl. live: {written / drain_s:,.0f}/s")
     print(f"raw binary COPY, same database    {raw:>12,.0f} rows/s just after; drain / raw COPY = {rate / raw:.2f}"
           f" (with live rows: {written / drain_s / raw:.2f})")
-    print(f"load average (1, 5, 15 min)       {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average (1, 5, 15 min)       {' '.join(f'{x:.2f}' for x in load_at_drain)} when the drain began, "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
     print(f"collector exit code               {code:>12}")
     ok = missing == 0 and duplicates == 0 and code == 0
     print("RESULT:", "no loss, no duplicates" if ok else "FAILED")

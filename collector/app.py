@@ -74,7 +74,13 @@ def credit_planner(settings: Settings, *, websocket: bool) -> CreditPlanner | No
     ]
     if not websocket:
         polls.append(price_poll(settings))
-    return CreditPlanner(settings.credit_budget or None, polls, websocket=websocket)
+    # Gap backfills get COINPULSE_BACKFILL_SHARE of what the stream leaves (none when they are off).
+    shard = Shard(settings.replica_index, settings.replicas)
+    tracked = -(-settings.rest_asset_limit // settings.replicas) if settings.assets == "ALL" else len(
+        shard.select(settings.assets))
+    return CreditPlanner(settings.credit_budget or None, polls, websocket=websocket,
+                         backfill_share=settings.backfill_share, backfill=settings.backfill != "off",
+                         gap_assets=tracked)
 
 
 class Collector:
@@ -91,7 +97,10 @@ class Collector:
         self.intake = Intake(self.queue, self.metrics)
         self.writer = BatchWriter(
             settings.database_url.get_secret_value(), self.queue, self.metrics,
-            batch_size=settings.batch_size, batch_max_age=settings.batch_max_age, spool=self.spool)
+            batch_size=settings.batch_size, batch_max_age=settings.batch_max_age, spool=self.spool,
+            drain_rows=settings.spool_drain_rows, on_gaps=self._wake_gap_worker)
+        # Ticks the spool drops at its cap become gaps (reason spool_cap) once the database answers.
+        self.spool.on_drop = self.writer.note_dropped
         self.http = HttpServer(settings.metrics_host, settings.metrics_port, self.metrics, self.health,
                                self.health_details)
         self._sources_stop = threading.Event()
@@ -136,6 +145,7 @@ class Collector:
         streamed = None if s.assets == "ALL" else self.shard.select(s.assets)
         tracker = None if self.feed == "demo" else GapTracker(
             streamed, started_at=_utcnow(), min_gap=s.gap_min_seconds, on_gap=wake.set,
+            asset_lookback=s.gap_asset_lookback,
             first_grace=s.ws_watchdog if self.feed == "ws" else s.rest_price_interval)
         source, sink = None, None
         if fill:  # its own REST client, so its credits are not counted against a poll's plan
@@ -146,8 +156,13 @@ class Collector:
         return tracker, BackfillWorker(
             url, tracker, source, sink, self.metrics, tiers=tiers, points_per_request=s.history_points_per_request,
             fill=fill, delay=s.backfill_delay, restart_assets=streamed, restart_check=tracker is not None,
-            restart_min_gap=max(s.gap_min_seconds, polled), owns=self.shard.owns, wake=wake,
+            restart_min_gap=max(s.gap_min_seconds, polled), owns=self.shard.owns, wake=wake, planner=self.planner,
             max_age=timedelta(days=s.retention_days) if s.retention_days else None)
+
+    def _wake_gap_worker(self) -> None:
+        """The writer recorded gaps (rows the spool dropped): fill them without waiting for the next pass."""
+        if self.backfill is not None:
+            self.backfill.wake.set()
 
     def _count_backfilled(self, written: dict[str, int]) -> None:
         for table, count in written.items():
@@ -157,7 +172,7 @@ class Collector:
         result = parse_price_message(text, at)
         self.intake.accept(result)
         if self.gaps is not None:
-            self.gaps.message(at, (t.asset_id for t in result.records) if self.gaps.tracks_all else ())
+            self.gaps.message(at, (t.asset_id for t in result.records))  # each asset's gap starts at its last tick
 
     # -- sources ------------------------------------------------------------------------------------------
 

@@ -10,6 +10,12 @@ the rollup windows it touched. Every request's range is logged in ``history_impo
 stored, so a re-run (after Ctrl-C, a CoinCap error, or just again) skips what is done. The second fills the
 gaps recorded in ``ingest_gaps`` now (open and failed ones), as the collector's backfill worker would.
 
+Credits: before anything is fetched, the command prints its estimate; after, what the requests really cost
+(each request is logged in ``backfill_credits`` as ``cli``). With ``COINPULSE_CREDIT_BUDGET`` set, an import
+whose estimate exceeds what the month has left -- the budget minus what the collector's plan spends
+(polls, stream, gap-backfill reserve) minus what on-demand imports spent in the last 31 days -- is refused
+with one line unless ``--yes`` is given. Nothing is asked interactively, so scripts behave the same.
+
 Progress (a tqdm bar) and notes go to stderr, the summary to stdout.
 """
 
@@ -28,7 +34,7 @@ from collector.errors import CoinPulseError
 
 if TYPE_CHECKING:
     from collector.coincap.rest import CoinCapRest
-    from collector.gaps import Conn
+    from collector.gaps import Conn, MeteredHistory
     from collector.history import HistoryTiers
     from collector.settings import Settings
     from collector.writer import BatchWriter
@@ -57,6 +63,9 @@ def add_backfill_parser(sub: Any) -> None:
                         help="instead: fill the gaps recorded in ingest_gaps now (open and failed ones; of --assets "
                              "only, if given)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--yes", action="store_true",
+                        help="go ahead even if the estimated credits exceed what COINPULSE_CREDIT_BUDGET has left "
+                             "this month")
     parser.set_defaults(func=cmd_backfill)
 
 
@@ -70,6 +79,13 @@ class _Run:
     out: TextIO
     err: TextIO
     progress: bool
+    yes: bool = False
+
+    def source(self) -> MeteredHistory:
+        """The REST client, each request's credits logged as on-demand (``cli``)."""
+        from collector.gaps import MeteredHistory
+
+        return MeteredHistory(self.rest, self.conn, purpose="cli")
 
 
 def cmd_backfill(settings: Settings, args: argparse.Namespace, *, out: TextIO | None = None,
@@ -99,14 +115,16 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace, *, out: TextIO | 
     url = settings.database_url.get_secret_value()
     with connect(url, autocommit=True, application_name="coinpulse-backfill") as conn:
         require_schema(conn)
-        row = conn.execute("SELECT to_regclass('coinpulse.history_imports') IS NOT NULL").fetchone()
-        if not row or not row[0]:
-            raise SchemaNotMigrated("the database has no history_imports table yet: run `coinpulse migrate`")
+        row = conn.execute("SELECT to_regclass('coinpulse.history_imports') IS NOT NULL, "
+                           "to_regclass('coinpulse.backfill_credits') IS NOT NULL").fetchone()
+        if not row or not row[0] or not row[1]:
+            raise SchemaNotMigrated("the database lacks the history_imports or backfill_credits table: "
+                                    "run `coinpulse migrate`")
         writer = BatchWriter(url, RecordQueue(1), Metrics())
         try:
             with CoinCapRest(settings.coincap_rest_url, key, timeout=settings.http_timeout) as rest:
                 run = _Run(settings, conn, rest, writer, now, out or sys.stdout, err or sys.stderr,
-                           not args.no_progress)
+                           not args.no_progress, args.yes)
                 if args.gaps:
                     return _fill_gaps(run, names)
                 return _import(run, _resolve_assets(run, names), since, until)
@@ -183,7 +201,7 @@ def _resolve_assets(run: _Run, names: Sequence[str]) -> list[str]:
 
 def _import(run: _Run, assets: Sequence[str], since: datetime, until: datetime) -> int:
     from collector.errors import CoinCapError
-    from collector.gaps import plan_backfill
+    from collector.gaps import estimate_credits, plan_backfill
     from collector.history import import_history
 
     tiers = _tiers(run.settings)
@@ -195,8 +213,8 @@ def _import(run: _Run, assets: Sequence[str], since: datetime, until: datetime) 
         skipped = f"; {_ranges(len(plan.skipped))} imported before, skipped" if plan.skipped else ""
         what = f"{len(plan.chunks)} requests ({plan.intervals})" if plan.chunks else "nothing to fetch"
         print(f"backfill {plan.asset_id}: {_iso(plan.start)} .. {_iso(plan.end)}: {what}{skipped}", file=run.err)
-    if total:
-        print(f"backfill: {total} requests to CoinCap, at least {total} credits", file=run.err)
+    _check_credits(run, total, estimate_credits(c for p in plans for c in p.chunks))
+    source = run.source()
     totals = [0, 0, 0]  # requests, points, new rows
     with _progress(run, total, "requests") as bar:
         for plan in plans:
@@ -204,12 +222,13 @@ def _import(run: _Run, assets: Sequence[str], since: datetime, until: datetime) 
             for number, chunk in enumerate(plan.chunks, 1):
                 bar.set_description(f"{plan.asset_id} {chunk.interval}")
                 try:
-                    result = import_history(run.rest, run.writer, run.conn, plan.asset_id, chunk.start, chunk.end,
+                    result = import_history(source, run.writer, run.conn, plan.asset_id, chunk.start, chunk.end,
                                             now=run.now, tiers=tiers, points_per_request=ppr)
                 except CoinCapError as exc:
                     raise BackfillError(
                         f"{plan.asset_id}: CoinCap failed at request {number} of {len(plan.chunks)} ({exc}); what "
-                        "was fetched before is stored: run the same command again to resume") from None
+                        f"was fetched before is stored ({source.credits} credits spent): run the same command again "
+                        "to resume") from None
                 requests, points, written = requests + result.requests, points + result.points, \
                     written + result.written
                 bar.update(1)
@@ -218,15 +237,48 @@ def _import(run: _Run, assets: Sequence[str], since: datetime, until: datetime) 
             print(f"{plan.asset_id}: {_iso(plan.start)} .. {_iso(plan.end)}: {requests} requests, {points} points, "
                   f"{written} new rows" + (f" ({plan.intervals})" if plan.chunks else "")
                   + (f", {_ranges(len(plan.skipped))} imported before skipped" if plan.skipped else ""), file=run.out)
-    print(f"backfill done: {len(plans)} assets, {totals[0]} requests, {totals[1]} points, {totals[2]} new rows; "
-          "rollups refreshed", file=run.out)
+    print(f"backfill done: {len(plans)} assets, {totals[0]} requests, {totals[1]} points, {totals[2]} new rows, "
+          f"{source.credits} credits; rollups refreshed", file=run.out)
     return 0
+
+
+def _check_credits(run: _Run, requests: int, estimate: int) -> None:
+    """Print the estimate; with a budget, refuse (BackfillError) an import the month has no credits left for,
+    unless --yes."""
+    from datetime import timedelta
+
+    from collector.app import credit_planner
+    from collector.budget import DAYS_PER_MONTH
+    from collector.gaps import credits_spent
+
+    if not requests:
+        return
+    print(f"backfill: {requests} requests to CoinCap, about {estimate:,} credits (estimated from the points "
+          "asked for)", file=run.err)
+    budget = run.settings.credit_budget
+    if not budget:
+        return
+    planner = credit_planner(run.settings, websocket=run.settings.resolved_feed == "ws")
+    planned = round(planner.credits_per_day() * DAYS_PER_MONTH) if planner is not None else 0
+    used = sum(c for _, c in credits_spent(run.conn, "cli", run.now - timedelta(days=DAYS_PER_MONTH)))
+    left = budget - planned - used
+    why = (f"COINPULSE_CREDIT_BUDGET={budget:,} a month: the collector's plan spends {planned:,} (see `coinpulse "
+           f"doctor`) and on-demand imports spent {used:,} in the last {DAYS_PER_MONTH} days, leaving "
+           f"{max(0, left):,}")
+    if estimate <= left:
+        print(f"backfill: within {why}", file=run.err)
+        return
+    if run.yes:
+        print(f"backfill: about {estimate:,} credits is more than {why}; going ahead (--yes)", file=run.err)
+        return
+    raise BackfillError(f"about {estimate:,} credits is more than {why}; pass --yes to spend them anyway, or "
+                        "import fewer assets or a shorter range")
 
 
 # -- filling recorded gaps ---------------------------------------------------------------------------------
 
 def _fill_gaps(run: _Run, names: Sequence[str]) -> int:
-    from collector.gaps import FillResult, fill_gaps, open_gaps
+    from collector.gaps import FillResult, estimate_credits, fill_gaps, open_gaps, plan_backfill
 
     assets = _resolve_assets(run, names) if names else None
     gaps = open_gaps(run.conn, until=run.now, statuses=("open", "failed"), assets=assets)
@@ -234,6 +286,11 @@ def _fill_gaps(run: _Run, names: Sequence[str]) -> int:
         print("backfill: no open gaps" + (f" for {', '.join(assets)}" if assets else ""), file=run.out)
         return 0
     print(f"backfill: {len(gaps)} gaps to fill", file=run.err)
+    tiers, ppr = _tiers(run.settings), run.settings.history_points_per_request
+    chunks = [c for g in gaps for c in plan_backfill(run.conn, g.asset_id, g.start, g.end, now=run.now, tiers=tiers,
+                                                      points_per_request=ppr).chunks]
+    _check_credits(run, len(chunks), estimate_credits(chunks))
+    source = run.source()
     failed = 0
 
     def report(result: FillResult, bar: Any) -> None:
@@ -252,10 +309,10 @@ def _fill_gaps(run: _Run, names: Sequence[str]) -> int:
         bar.update(1)
 
     with _progress(run, len(gaps), "gaps") as bar:
-        fill_gaps(run.conn, run.rest, run.writer, gaps, now=run.now, tiers=_tiers(run.settings),
-                  points_per_request=run.settings.history_points_per_request,
+        fill_gaps(run.conn, source, run.writer, gaps, now=run.now, tiers=tiers, points_per_request=ppr,
                   on_result=lambda result: report(result, bar))
-    print(f"backfill done: {len(gaps) - failed} of {len(gaps)} gaps filled; rollups refreshed", file=run.out)
+    print(f"backfill done: {len(gaps) - failed} of {len(gaps)} gaps filled, {source.credits} credits; rollups "
+          "refreshed", file=run.out)
     return 1 if failed else 0
 
 

@@ -24,7 +24,8 @@ class RecordQueue:
 
     ``put`` does not block: when the rows do not fit they are handed to ``overflow`` (which returns True when
     it kept them, e.g. on disk); without one, or when it fails, ``put`` returns False and the caller counts a
-    drop. The consumer takes batches by size or age, whichever comes first.
+    drop. A producer that would rather wait than overflow (a benchmark, an import) calls ``wait_for_room``
+    first. The consumer takes batches by size or age, whichever comes first.
     """
 
     def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic,
@@ -37,7 +38,9 @@ class RecordQueue:
         self._overflow_logged = float("-inf")
         self._items: deque[tuple[float, Sequence[Record]]] = deque()
         self._rows = 0
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # rows arrived (the consumer waits on it)
+        self._room = threading.Condition(lock)  # rows were taken (producers in wait_for_room wait on it)
 
     def __len__(self) -> int:
         return self._rows
@@ -64,6 +67,12 @@ class RecordQueue:
                 log.error("queue full and its overflow failed: rows=%d are dropped (logged once a minute) error=%s",
                           len(records), exc)
             return False
+
+    def wait_for_room(self, rows: int, timeout: float | None = None) -> bool:
+        """Block until ``rows`` more rows fit (or the queue is empty, for a batch larger than the capacity);
+        False if ``timeout`` s passed first. With one producer a ``put`` right after it does not overflow."""
+        with self._room:
+            return self._room.wait_for(lambda: self._rows == 0 or self._rows + rows <= self.capacity, timeout)
 
     def take_due(self, max_rows: int, max_age: float) -> list[Record]:
         """Without waiting: a batch if ``max_rows`` rows are queued or the oldest has waited ``max_age`` s,
@@ -110,4 +119,6 @@ class RecordQueue:
                 batch.extend(records[:room])
                 self._items[0] = (stamp, records[room:])
         self._rows -= len(batch)
+        if batch:
+            self._room.notify_all()
         return batch

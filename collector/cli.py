@@ -52,8 +52,8 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     checks = settings_checks(settings) + alerting_checks(os.environ)
     planner = credit_planner(settings, websocket=settings.resolved_feed == "ws")
     if planner is not None:
-        checks += plan_checks(planner)
-    checks += doctor_lines(settings.database_url.get_secret_value())
+        checks += plan_checks(planner, settings.history_points_per_request)
+    checks += doctor_lines(settings.database_url.get_secret_value(), planner=planner)
     for check in checks:
         print(format_check(check))
     failed = sum(c.status == "FAIL" for c in checks)

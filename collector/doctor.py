@@ -26,6 +26,7 @@ from collector.db.lifecycle import RAW_TABLES, minimum_retention, raw_refresh_wi
 from collector.db.migrate import current_revision, head_revision
 from collector.db.rollups import ROLLUPS
 from collector.errors import CoinPulseError, ConfigError
+from collector.history import DEFAULT_POINTS_PER_REQUEST
 from collector.settings import Settings, redact_url
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "JobRow",
     "LagRow",
     "alerting_checks",
+    "backfill_credit_checks",
     "database_checks",
     "doctor_lines",
     "exit_code",
@@ -229,10 +231,25 @@ def settings_checks(settings: Settings) -> list[Check]:
     return checks
 
 
-def plan_checks(planner: CreditPlanner) -> list[Check]:
-    """The API credit plan, one line per stream or poll; WARN when the budget cannot cover it."""
+def plan_checks(planner: CreditPlanner, points_per_request: int = DEFAULT_POINTS_PER_REQUEST) -> list[Check]:
+    """The API credit plan, one line per stream or poll and one for the gap backfill allowance; WARN when the
+    budget cannot cover the configuration, or the allowance cannot pay for a history request or one outage's
+    backfill in a day."""
     lines = planner.describe()
-    checks = [Check("OK", "credit plan", line) for line in lines[:-1]]
+    checks = []
+    for line in lines[:-1]:
+        if line.startswith("gap backfill:") and not planner.backfill_covers(points_per_request):
+            request = planner.request_estimate(points_per_request)
+            if (planner.backfill_per_day or 0.0) < request:
+                line += (f": a history request of up to {points_per_request} points costs about {request}, more than "
+                         "the allowance, so gaps may never be filled; raise COINPULSE_BACKFILL_SHARE or "
+                         "COINPULSE_CREDIT_BUDGET, or lower COINPULSE_HISTORY_POINTS_PER_REQUEST")
+            else:
+                line += (": gaps after an outage wait days for credits; raise COINPULSE_BACKFILL_SHARE or "
+                         "COINPULSE_CREDIT_BUDGET, or track fewer COINPULSE_ASSETS")
+            checks.append(Check("WARN", "credit plan", line))
+        else:
+            checks.append(Check("OK", "credit plan", line))
     checks.append(Check("OK" if planner.fits else "WARN", "credit plan", lines[-1] + (
         "" if planner.fits else ": set COINPULSE_CREDIT_BUDGET to your plan's monthly credits or poll fewer "
         "COINPULSE_ASSETS")))
@@ -311,11 +328,44 @@ def _dt(value: object) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
-def doctor_lines(url: str) -> list[Check]:
-    """Run every check against the database at ``url``; never raises for a problem it can report."""
+_BACKFILL_CREDITS = """
+SELECT to_regclass('coinpulse.backfill_credits') IS NOT NULL
+"""
+_BACKFILL_USED = """
+SELECT coalesce(sum(credits) FILTER (WHERE purpose = 'gap' AND spent_at > now() - INTERVAL '1 day'), 0),
+       coalesce(sum(credits) FILTER (WHERE purpose = 'cli' AND spent_at > now() - INTERVAL '31 days'), 0)
+FROM coinpulse.backfill_credits
+"""
+
+
+def backfill_credit_checks(conn: psycopg.Connection[tuple[object, ...]], planner: CreditPlanner) -> list[Check]:
+    """What history requests spent (``backfill_credits``): the gap worker in the last 24 hours against its
+    allowance (WARN when over it), and `coinpulse backfill` in the last 31 days. Nothing before migration."""
+    row = conn.execute(_BACKFILL_CREDITS).fetchone()
+    if not row or not row[0]:
+        return []
+    used = conn.execute(_BACKFILL_USED).fetchone()
+    assert used is not None
+    gap_used, cli_used = int(str(used[0])), int(str(used[1]))
+    allowance = planner.backfill_per_day
+    tail = f"; `coinpulse backfill` used {cli_used:,} in the last 31 days"
+    if allowance is None or not planner.backfill:
+        return [Check("OK", "backfill credits", f"gap worker used {gap_used:,} in the last 24 h{tail}")]
+    detail = f"gap worker used {gap_used:,} of {allowance:,.1f} in the last 24 h{tail}"
+    if gap_used > allowance + 1e-9:
+        return [Check("WARN", "backfill credits", detail + ": over the allowance (history answers cost more than "
+                      "estimated); the worker waits until the window has room again")]
+    return [Check("OK", "backfill credits", detail)]
+
+
+def doctor_lines(url: str, planner: CreditPlanner | None = None) -> list[Check]:
+    """Run every check against the database at ``url``; never raises for a problem it can report. With the
+    credit ``planner``, also what gap backfills and `coinpulse backfill` spent (``backfill_credit_checks``)."""
     try:
         with connect(url, autocommit=True, application_name="coinpulse-doctor") as conn:
             checks = database_checks(conn)
+            if planner is not None:
+                checks += backfill_credit_checks(conn, planner)
     except CoinPulseError as exc:
         return [Check("FAIL", "database", str(exc))]
     except psycopg.Error as exc:

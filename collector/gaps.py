@@ -4,9 +4,9 @@ Where gaps come from:
 
 - **Stream outages** (``GapTracker``, fed by the price stream's callbacks or by REST price polls): an outage
   opens at the last message received before a disconnect (the watchdog tripping on a silent socket, a close,
-  an error, a failed poll) and closes at the first message after it; that interval, for every tracked
-  asset, is a gap. The first connection after start counts too when its first message takes longer than
-  ``first_grace`` (normally the watchdog period).
+  an error, a failed poll) and closes at the first message after it; every tracked asset gets a gap ending
+  there and starting at its own last tick (bounded: see ``GapTracker``). The first connection after start
+  counts too when its first message takes longer than ``first_grace`` (normally the watchdog period).
 - **Restarts** (``restart_gaps``): at start, each tracked asset's last stored tick (any source but ``demo``)
   is compared with the start time; the interval between them, or from the end of the asset's latest
   recorded gap if that is later, is a gap. Ticks the previous run left in the spool may reach the database
@@ -21,6 +21,11 @@ The gap is then ``done`` with ``rows_filled`` = the history points stored in it.
 ``open`` with the error and a backoff; ``failed`` after ``max_attempts`` (or at once for an unknown asset or
 a refused key). ``fill_gaps`` is the same pass on demand (``coinpulse backfill --gaps``).
 
+Credits: every history request goes through ``MeteredHistory``, which logs what it cost in
+``backfill_credits``; for the worker it first asks the credit plan's backfill allowance
+(collector/budget.py) and raises ``BackfillDeferred`` when the allowance cannot pay for it now: the gap stays
+``open`` and waits, oldest gaps first (``BackfillWorker``).
+
 ``plan_backfill`` is the on-demand import of ``coinpulse backfill --assets ... --since ...``: the range minus
 what ``history_imports`` says was imported already (so a re-run, or a run after an interruption, skips what
 is done), split into the same requests ``import_history`` makes.
@@ -30,16 +35,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
 from collector.backoff import Backoff
+from collector.budget import BACKFILL_WINDOW, CreditPlanner, history_credits
+from collector.coincap.models import ParseResult, Tick
 from collector.errors import CoinCapAuthError, CoinCapError, CoinCapNotFound, CoinPulseError
 from collector.history import (
     INTERVAL_STEP,
@@ -54,11 +62,16 @@ from collector.metrics import Metrics
 
 __all__ = [
     "AssetPlan",
+    "BackfillDeferred",
     "BackfillWorker",
+    "CreditedSource",
     "FillResult",
     "Gap",
     "GapTracker",
+    "MeteredHistory",
     "OpenGap",
+    "credits_spent",
+    "estimate_credits",
     "fill_gap",
     "fill_gaps",
     "imported_ranges",
@@ -99,18 +112,30 @@ class GapTracker:
 
     ``assets``: the streamed assets, or None when the stream carries ALL assets: then the tracked assets are
     those seen in messages (``message(at, asset_ids)``) and those added by ``track``.
+
+    Each asset's gap starts at its own last tick (``message`` names the assets a message carried), since
+    CoinCap streams only the prices that changed: an asset that fell silent before the stream did is missing
+    data from then on. Bounded: never before the collector started (``started_at``; the restart check covers
+    what lies before) and never more than ``asset_lookback`` seconds before the stream's last message, so an
+    asset that is quiet or delisted does not stretch every outage back to its last trade. An asset with no
+    tick since the start gets the earliest start those bounds allow. ``asset_lookback=0``: every asset's gap
+    starts at the stream's last message. ``min_gap`` applies to the outage of the stream (a reconnect shorter
+    than it records nothing, however long an asset had been quiet).
     """
 
     def __init__(self, assets: Sequence[str] | None, *, started_at: datetime, first_grace: float,
-                 min_gap: float = 0.0, on_gap: Callable[[], object] | None = None) -> None:
+                 min_gap: float = 0.0, asset_lookback: float = 0.0,
+                 on_gap: Callable[[], object] | None = None) -> None:
         self.started_at = started_at
         self._fixed = None if assets is None else tuple(dict.fromkeys(assets))
         self._seen: dict[str, None] = {}
         self._first_grace = timedelta(seconds=first_grace)
         self._min_gap = timedelta(seconds=min_gap)
+        self._lookback = timedelta(seconds=asset_lookback)
         self._on_gap = on_gap
         self._lock = threading.Lock()
         self._last_message: datetime | None = None
+        self._last_tick: dict[str, datetime] = {}  # each asset's newest message time
         self._open_since: datetime | None = None
         self._open_reason = ""
         self._pending: list[Gap] = []
@@ -131,19 +156,25 @@ class GapTracker:
                 self._seen.update(dict.fromkeys(asset_ids))
 
     def message(self, at: datetime, asset_ids: Iterable[str] = ()) -> None:
-        """A message arrived at ``at`` (any message: the stream is alive); closes an open outage."""
+        """A message carrying prices of ``asset_ids`` arrived at ``at`` (any message: the stream is alive);
+        closes an open outage."""
+        ids = tuple(asset_ids)
         with self._lock:
             if self._fixed is None:
-                for asset_id in asset_ids:
+                for asset_id in ids:
                     if asset_id not in self._seen:
                         self._seen[asset_id] = None
             if self._open_since is not None:
-                self._add(self._open_since, at, self._open_reason)
+                self._add_outage(self._open_since, at, self._open_reason)
                 self._open_since = None
             elif self._last_message is None and at - self.started_at > self._first_grace:
                 self._add(self.started_at, at, "start")  # the first message was long in coming
             if self._last_message is None or at > self._last_message:
                 self._last_message = at
+            for asset_id in ids:
+                last = self._last_tick.get(asset_id)
+                if last is None or at > last:
+                    self._last_tick[asset_id] = at
         if self._pending and self._on_gap is not None:
             self._on_gap()
 
@@ -172,10 +203,30 @@ class GapTracker:
                 self.dropped += excess
                 log.error("gaps not recorded dropped=%d: the database has been away too long", excess)
 
+    def _assets(self) -> tuple[str, ...]:
+        return self._fixed if self._fixed is not None else tuple(self._seen)
+
+    def _add_outage(self, stream_start: datetime, end: datetime, reason: str) -> None:
+        """An outage of the stream from ``stream_start`` (its last message) to ``end``: each asset's gap starts
+        at its own last tick, within the bounds the class describes."""
+        if end <= stream_start or end - stream_start < self._min_gap:  # the outage itself is what min_gap judges
+            return
+        floor = max(self.started_at, stream_start - self._lookback)
+        gaps = []
+        for asset_id in self._assets():
+            own = self._last_tick.get(asset_id, floor)
+            gaps.append(Gap(asset_id, max(floor, min(own, stream_start)), end, reason))
+        self._pending.extend(gaps)
+        if gaps:
+            first = min(g.start for g in gaps)
+            log.warning("stream gap start=%s end=%s seconds=%.1f reason=%s assets=%d earliest_asset_start=%s",
+                        stream_start.isoformat(), end.isoformat(), (end - stream_start).total_seconds(), reason,
+                        len(gaps), first.isoformat())
+
     def _add(self, start: datetime, end: datetime, reason: str) -> None:
         if end <= start or end - start < self._min_gap:
             return
-        assets = self._fixed if self._fixed is not None else tuple(self._seen)
+        assets = self._assets()
         self._pending.extend(Gap(a, start, end, reason) for a in assets)
         log.warning("stream gap start=%s end=%s seconds=%.1f reason=%s assets=%d", start.isoformat(),
                     end.isoformat(), (end - start).total_seconds(), reason, len(assets))
@@ -231,6 +282,105 @@ def restart_gaps(conn: Conn, assets: Sequence[str] | None, *, started_at: dateti
     return out
 
 
+# -- credits of history requests --------------------------------------------------------------------------
+
+_LOG_CREDITS = ("INSERT INTO coinpulse.backfill_credits (spent_at, purpose, asset_id, gap_id, credits) "
+                "VALUES (%s, %s, %s, %s, %s)")
+_CREDITS_SINCE = ("SELECT spent_at, asset_id, credits FROM coinpulse.backfill_credits "
+                  "WHERE purpose = %s AND spent_at > %s ORDER BY spent_at")
+_PRUNE_CREDITS = "DELETE FROM coinpulse.backfill_credits WHERE spent_at < %s"
+_KEEP_CREDITS = timedelta(days=62)
+"""The credit log is pruned to two months: the worker needs a day of it, `coinpulse backfill` 31 days."""
+
+
+def credits_spent(conn: Conn, purpose: str, since: datetime,
+                  owns: Callable[[str], bool] = lambda _: True) -> list[tuple[datetime, int]]:
+    """(time, credits) of the history requests made for ``purpose`` (``gap``: the gap worker; ``cli``:
+    `coinpulse backfill`) after ``since``, of assets this replica owns, oldest first."""
+    rows = conn.execute(_CREDITS_SINCE, (purpose, since)).fetchall()
+    return [(r[0], int(r[2])) for r in rows if owns(str(r[1]))]
+
+
+def request_points(interval: str, start: datetime, end: datetime) -> int:
+    """Points a history request over [start, end] at ``interval`` can hold at most."""
+    return int((end - start) / INTERVAL_STEP[interval]) + 1
+
+
+def estimate_credits(chunks: Iterable[Chunk]) -> int:
+    """Credits the history requests of ``chunks`` are expected to cost (one request each)."""
+    return sum(history_credits(request_points(c.interval, c.start, c.end)) for c in chunks)
+
+
+class BackfillDeferred(CoinPulseError):
+    """The gap backfill credit allowance is spent: the gap waits. ``wait``: seconds until the request would
+    fit, None when it never fits (it costs more than a whole day's allowance)."""
+
+    def __init__(self, message: str, wait: float | None) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
+class CreditedSource(HistorySource, Protocol):
+    """A history source that counts the credits its answers cost (``CoinCapRest`` is one)."""
+
+    credits_used: int
+
+
+class MeteredHistory:
+    """A ``HistorySource`` over ``rest`` that logs what every request cost in ``backfill_credits`` (and charges
+    ``planner``, if given). With a planner it asks first: a request the backfill allowance cannot pay for
+    now raises ``BackfillDeferred`` instead of being sent."""
+
+    def __init__(self, rest: CreditedSource, conn: Conn, *, purpose: str, planner: CreditPlanner | None = None,
+                 gap_id: int | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._rest = rest
+        self._conn = conn
+        self._purpose = purpose
+        self._planner = planner
+        self._gap_id = gap_id
+        self._clock = clock
+        self.credits = 0
+        """Credits of the requests made through this object."""
+        self.requests = 0
+
+    def history(self, asset_id: str, interval: str, start: datetime, end: datetime) -> ParseResult[Tick]:
+        if self._planner is not None:
+            self.ask(interval, start, end)
+        before = self._rest.credits_used
+        points = 0
+        try:
+            result = self._rest.history(asset_id, interval, start, end)
+            points = len(result.records) + len(result.rejects)
+            return result
+        finally:
+            spent = self._rest.credits_used - before
+            if spent > 0:
+                at = self._clock()
+                self.credits += spent
+                self.requests += 1
+                if self._planner is not None:
+                    self._planner.charge_backfill(at, spent, points)
+                self._conn.execute(_LOG_CREDITS, (at, self._purpose, asset_id, self._gap_id, spent))
+
+    def ask(self, interval: str, start: datetime, end: datetime) -> None:
+        """BackfillDeferred unless the allowance pays for a request over [start, end] now."""
+        assert self._planner is not None
+        estimate = self._planner.backfill_estimate(request_points(interval, start, end))
+        now = self._clock()
+        wait = self._planner.backfill_wait(now, estimate)
+        if wait == 0.0:
+            return
+        allowance = self._planner.backfill_per_day or 0.0
+        if wait is None:
+            raise BackfillDeferred(
+                f"a history request of about {estimate} credits costs more than the whole backfill allowance "
+                f"({allowance:.1f} credits a day): raise COINPULSE_BACKFILL_SHARE or COINPULSE_CREDIT_BUDGET, lower "
+                "COINPULSE_HISTORY_POINTS_PER_REQUEST, or run `coinpulse backfill --gaps`", None)
+        raise BackfillDeferred(
+            f"deferred: backfill allowance spent ({self._planner.backfill_used(now)} of {allowance:.1f} credits in "
+            f"the last 24 h); this request (about {estimate} credits) fits in {wait:.0f}s", wait)
+
+
 @dataclass(frozen=True, slots=True)
 class OpenGap:
     id: int
@@ -280,11 +430,16 @@ def reopen_abandoned(conn: Conn, owns: Callable[[str], bool] = lambda _: True) -
 @dataclass(frozen=True, slots=True)
 class FillResult:
     gap: OpenGap
-    status: str  # done, open (will be retried), failed, skipped (someone else claimed it)
+    status: str  # done, open (will be retried), failed, skipped (someone else claimed it), deferred (no credits)
     rows: int = 0
     requests: int = 0
     intervals: str = ""
     error: str | None = None
+    wait: float | None = None  # deferred: seconds until the allowance pays for the next request (None: never)
+
+
+_HISTORY_IN = ("SELECT count(*) FROM coinpulse.price_ticks WHERE asset_id = %s AND source = 'history' "
+               "AND time >= %s AND time < %s")
 
 
 def fill_gap(conn: Conn, source: HistorySource, sink: HistorySink, gap: OpenGap, *, now: datetime,
@@ -292,8 +447,13 @@ def fill_gap(conn: Conn, source: HistorySource, sink: HistorySink, gap: OpenGap,
              permanent_failure: bool = False) -> FillResult:
     """Claim ``gap``, fill it from history, mark it done (or open/failed with the error).
 
+    The gap is fetched request by request (``plan_backfill``), each logged in ``history_imports`` when stored,
+    so a fill that stops half way (a CoinCap error, ``BackfillDeferred`` from a metered source) resumes after
+    what was stored. ``rows_filled`` is the number of history points stored in the gap.
+
     ``conn`` must be autocommit. A CoinCap error other than "unknown asset"/"refused key" leaves the gap
-    ``open`` (or ``failed`` when ``permanent_failure``); database errors propagate after reopening it."""
+    ``open`` (or ``failed`` when ``permanent_failure``); ``BackfillDeferred`` leaves it ``open`` with the reason
+    (status ``deferred``); database errors propagate after reopening it."""
     if conn.execute(_CLAIM, (gap.id, list(claim_from))).fetchone() is None:
         return FillResult(gap, "skipped")
     if gap.reason == "restart":
@@ -307,9 +467,18 @@ def fill_gap(conn: Conn, source: HistorySource, sink: HistorySink, gap: OpenGap,
             conn.execute(_MOVE_START, (gap.start, gap.id))
     intervals = ",".join(dict.fromkeys(c.interval for c in plan_chunks(gap.start, min(gap.end, now), now, tiers,
                                                                         points_per_request)))
+    requests = written = 0
     try:
-        result = import_history(source, sink, conn, gap.asset_id, gap.start, gap.end, now=now, tiers=tiers,
-                                points_per_request=points_per_request)
+        plan = plan_backfill(conn, gap.asset_id, gap.start, gap.end, now=now, tiers=tiers,
+                             points_per_request=points_per_request)
+        for chunk in plan.chunks:
+            result = import_history(source, sink, conn, gap.asset_id, chunk.start, chunk.end, now=now, tiers=tiers,
+                                    points_per_request=points_per_request)
+            requests, written = requests + result.requests, written + result.written
+    except BackfillDeferred as exc:
+        conn.execute(_FAILED, ("open", _one_line(exc), gap.id))
+        return FillResult(gap, "deferred", requests=requests, intervals=intervals, error=_one_line(exc),
+                          wait=exc.wait)
     except (CoinCapNotFound, CoinCapAuthError) as exc:
         conn.execute(_FAILED, ("failed", _one_line(exc), gap.id))
         return FillResult(gap, "failed", intervals=intervals, error=_one_line(exc))
@@ -323,11 +492,12 @@ def fill_gap(conn: Conn, source: HistorySource, sink: HistorySink, gap: OpenGap,
         with contextlib.suppress(psycopg.Error):
             conn.execute(_REOPEN, ([gap.id],))
         raise
-    conn.execute(_DONE, (result.points, gap.id))
+    row = conn.execute(_HISTORY_IN, (gap.asset_id, gap.start, gap.end)).fetchone()
+    rows = int(row[0]) if row is not None else 0
+    conn.execute(_DONE, (rows, gap.id))
     log.info("gap filled id=%d asset=%s start=%s end=%s intervals=%s requests=%d rows=%d new=%d", gap.id,
-             gap.asset_id, gap.start.isoformat(), gap.end.isoformat(), intervals, result.requests, result.points,
-             result.written)
-    return FillResult(gap, "done", result.points, result.requests, intervals)
+             gap.asset_id, gap.start.isoformat(), gap.end.isoformat(), intervals, requests, rows, written)
+    return FillResult(gap, "done", rows, requests, intervals)
 
 
 def fill_gaps(conn: Conn, source: HistorySource, sink: HistorySink, gaps: Iterable[OpenGap], *, now: datetime,
@@ -422,13 +592,22 @@ class BackfillWorker:
     """Records the tracker's gaps and the restart gaps, and (when ``fill``) backfills the open ones.
 
     ``run(stop)`` is a thread of ``coinpulse run``; the database being away only delays it (backoff).
-    ``source`` may be None when ``fill`` is off (gaps are then only recorded)."""
+    ``source`` may be None when ``fill`` is off (gaps are then only recorded).
+
+    Every history request's credits are logged in ``backfill_credits`` (purpose ``gap``). With a ``planner``
+    that has a budget, each request first asks it (``MeteredHistory``): when the backfill allowance is spent,
+    the gap stays ``open`` with the reason in ``error`` and the pass ends there; the worker comes back when
+    the oldest charges leave the 24-hour window. Gaps are filled **oldest first**, strictly: a later, cheaper
+    gap does not overtake one that waits for credits (CoinCap's finest history reaches back only so far, so
+    the oldest gap is the one about to lose resolution, and no gap waits forever behind newer ones). At
+    (re)connect the planner is loaded with the last 24 hours of this replica's charges, so a restart does not
+    reset the window."""
 
     def __init__(
         self,
         database_url: str,
         tracker: GapTracker | None,
-        source: HistorySource | None,
+        source: CreditedSource | None,
         sink: HistorySink | None,
         metrics: Metrics,
         *,
@@ -447,6 +626,7 @@ class BackfillWorker:
         monotonic: Callable[[], float] = time.monotonic,
         backoff: Callable[[], Backoff] = lambda: Backoff(initial=30.0, cap=900.0),
         wake: threading.Event | None = None,
+        planner: CreditPlanner | None = None,
     ) -> None:
         if fill and (source is None or sink is None):
             raise ValueError("filling gaps needs a history source and a sink")
@@ -472,6 +652,10 @@ class BackfillWorker:
         self._retry: dict[int, tuple[float, Backoff]] = {}  # gap id -> (monotonic time of the next try, backoff)
         self._conn: Conn | None = None
         self._db_backoff = Backoff(initial=1.0, cap=30.0)
+        self._planner = planner
+        self._deferred_since: datetime | None = None  # when the current wait for credits began (logged once)
+        if planner is None or planner.backfill_per_day is None:
+            metrics.backfill_credits_left.set(math.nan)
         self.wake = wake if wake is not None else threading.Event()
         """Set it (the tracker's ``on_gap``) to start a pass at once."""
         self.filled: list[FillResult] = []  # what this worker did, newest last (bounded; for tests and logs)
@@ -540,8 +724,25 @@ class BackfillWorker:
             if retry is not None and retry[0] > self._monotonic():
                 wait = min(wait, retry[0] - self._monotonic())
                 continue
-            result = fill_gap(conn, self._source, self._sink, gap, now=self._now(), tiers=self._tiers,
+            source = MeteredHistory(self._source, conn, purpose="gap", planner=self._planner, gap_id=gap.id,
+                                    clock=self._now)
+            result = fill_gap(conn, source, self._sink, gap, now=self._now(), tiers=self._tiers,
                               points_per_request=self._ppr)
+            if result.status == "deferred":
+                self._metrics.gap_fills_deferred.inc()
+                if self._deferred_since is None:
+                    self._deferred_since = now
+                    log.warning("gap backfill waits for credits id=%d asset=%s: %s", gap.id, gap.asset_id,
+                                result.error)
+                # Strictly oldest first: nothing newer goes ahead. Back when the window has room (or, when this
+                # request can never fit, at the idle interval: a new budget needs a restart anyway).
+                wait = min(wait, result.wait if result.wait is not None else self._idle)
+                self._show_allowance()
+                break
+            if result.requests and self._deferred_since is not None:
+                log.info("gap backfill resumed after waiting %.0fs for credits", (now - self._deferred_since)
+                         .total_seconds())
+                self._deferred_since = None
             if result.status == "open":
                 backoff = retry[1] if retry is not None else self._new_backoff()
                 if backoff.attempts + 1 >= self._max_attempts:
@@ -560,13 +761,27 @@ class BackfillWorker:
                 self._retry.pop(gap.id, None)
             if result.status != "skipped":
                 self.filled = [*self.filled[-999:], result]
-        return wait
+        self._show_allowance()
+        return max(0.0, wait)
+
+    def _show_allowance(self) -> None:
+        if self._planner is not None and self._planner.backfill_per_day is not None:
+            self._metrics.backfill_credits_left.set(
+                max(0.0, self._planner.backfill_per_day - self._planner.backfill_used(self._now())))
 
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=10,
                                          application_name="coinpulse-gaps")
             reopen_abandoned(self._conn, self._owns)
+            if self._fill:
+                now = self._now()
+                self._conn.execute(_PRUNE_CREDITS, (now - _KEEP_CREDITS,))
+                if self._planner is not None:
+                    charges = credits_spent(self._conn, "gap", now - BACKFILL_WINDOW, self._owns)
+                    self._planner.load_backfill(charges)
+                    if charges:
+                        log.info("gap backfill credits used in the last 24 h: %d", sum(c for _, c in charges))
         return self._conn
 
     def _close(self) -> None:

@@ -81,6 +81,13 @@ class Metrics:
             "coinpulse_api_credits_used", "CoinCap API credits spent (estimated from response sizes)", registry=r
         )
         self.open_gaps = Gauge("coinpulse_open_gaps", "Ingest gaps not yet backfilled", registry=r)
+        self.gap_fills_deferred = Counter(
+            "coinpulse_gap_fills_deferred", "Gap backfills put off because the backfill credit allowance was spent",
+            registry=r)
+        self.backfill_credits_left = Gauge(
+            "coinpulse_backfill_credits_left",
+            "Credits the gap backfill allowance has left in the last 24 hours (NaN without a credit budget)",
+            registry=r)
         self.feed_info = Gauge("coinpulse_feed_info", "The price feed in use (1 for the active one)", ["feed"],
                                registry=r)
         self.alert_notifications = Counter(

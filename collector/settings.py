@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     spool_dir: Path = Path(".coinpulse/spool")
     # On-disk spool for database outages (collector/spool.py): at the cap the oldest rows are dropped.
     spool_max_bytes: int = Field(default=1024**3, ge=1024**2, description="spool size cap in bytes")
+    # Spooled rows per drain transaction (collector/writer.py): live rows wait at most one such transaction.
+    spool_drain_rows: int = Field(default=50_000, ge=100, le=1_000_000,
+                                  description="spooled rows per drain transaction")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
@@ -89,6 +92,13 @@ class Settings(BaseSettings):
         default="auto", description="fill recorded gaps from history: auto = on for live feeds, off for demo")
     backfill_delay: float = Field(default=120.0, ge=0, description="seconds after a gap ends before it is filled")
     gap_min_seconds: float = Field(default=0.0, ge=0, description="shorter intervals without data are not recorded")
+    # Per-asset gap starts (GapTracker): an asset's gap starts at its own last tick, at most this many seconds
+    # before the stream's last message (0: every asset's gap starts at the stream's last message).
+    gap_asset_lookback: float = Field(default=900.0, ge=0, le=86_400,
+                                      description="seconds an asset's gap may start before the stream's last message")
+    # Share of the credits the stream leaves that gap backfills may spend (collector/budget.py), in any 24 hours.
+    backfill_share: float = Field(default=0.2, ge=0, lt=1,
+                                  description="share of the credit budget (after the stream) kept for gap backfills")
 
     # Scale-out (collector/sharding.py, collector/leader.py): replicas split the assets; one runs snapshots.
     replicas: int = Field(default=1, ge=1, le=1000, description="collector replicas splitting the assets")

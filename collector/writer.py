@@ -4,16 +4,32 @@ Idempotency: every hypertable is unique on its natural key (asset_id, time) and 
 COPYed straight into its table inside a savepoint: that is the fast path, as fast as a raw COPY. If the
 batch repeats rows already stored (a replay after a reconnect, a spool drain, a restarted history import),
 the unique index refuses it and the batch goes the slow way: COPY into a temporary staging table, then
-``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. Either way a row is stored exactly once.
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. Either way a row is stored exactly once. Live rows are
+COPYed with psycopg's ``write_row`` (its C dumpers); spooled ticks arrive as ready-made COPY rows
+(``collector.spool.TickRows``) and are COPYed as the bytes they are.
 
 A batch that fails for connection reasons goes to the on-disk spool (collector/spool.py) and the database is
 retried with capped, jittered backoff; meanwhile every new batch goes straight to the spool, so memory stays
-bounded however long the outage. Once the database answers, the writer drains the spool, oldest first, one
-spool batch after each live batch that is due, so new rows keep flowing while the backlog shrinks. Replays
-are safe (see above). When the spool is empty again, the rollups are refreshed over the drained time range
-(``refresh_window``, in a thread), since late rows in already materialized buckets show only after that.
-Without a spool the failed batch is kept in memory and retried (the queue in front is bounded, so memory is
-still bounded, and sources count what does not fit).
+bounded however long the outage. Once the database answers, the writer drains the spool, oldest first:
+one drain transaction of up to ``drain_rows`` spooled rows (whole spool records; their ticks are stored
+COPY-ready, so a drain is one COPY of bytes, no work per row), then the live batch that is due, if any, and
+so on, so new rows keep flowing while the backlog shrinks: a live row waits at most its batch age plus one
+drain transaction (``COINPULSE_SPOOL_DRAIN_ROWS``, 50,000 rows by default: 0.4-1 s at the drain rates
+measured on a small shared machine, the deduplicating replay path included). Replays are safe (see above). When
+the spool is empty again, the rollups are refreshed over the drained time range (``refresh_window``, in a
+thread), since late rows in already materialized buckets show only after that. Without a spool the failed
+batch is kept in memory and retried (the queue in front is bounded, so memory is still bounded, and sources
+count what does not fit).
+
+Rows the spool drops at its cap (``Spool.on_drop``, wired to ``note_dropped``) are kept as one time range
+per asset (merged while they wait) and recorded in ``ingest_gaps`` with reason ``spool_cap`` as soon as the
+database answers; ``on_gaps`` then wakes the gap worker, which backfills them from CoinCap's history.
+
+The connection asks libpq for TCP keepalives (idle 30 s, then every 10 s, 3 probes) and a 60 s
+``tcp_user_timeout`` unless the URL sets them, so a link that goes silent (a NAT or firewall dropping the
+flow without a reset) fails the writer's call within about a minute instead of hanging it; the batch then
+goes to the spool like any other connection loss. It also sets ``client_encoding`` UTF8, the encoding of
+the COPY-ready tick rows.
 
 Shutdown (``run``'s ``stop``): what is queued is written to the database until the grace deadline, or to the
 spool at once when the database is away; ``spool_remaining`` lets the caller do the same if this thread is
@@ -32,6 +48,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from collector.backoff import Backoff
 from collector.buffer import RecordQueue
@@ -45,10 +62,11 @@ from collector.coincap.models import (
 )
 from collector.db.rollups import refresh_window
 from collector.errors import CoinPulseError
+from collector.gaps import Gap, record_gaps
 from collector.metrics import Metrics
-from collector.spool import Spool, SpoolError
+from collector.spool import DroppedSpan, Spool, SpoolError, TickRows, utc_from_micros
 
-__all__ = ["TABLES", "BatchWriter", "TableSpec", "copy_rows"]
+__all__ = ["TABLES", "BatchWriter", "TableSpec", "copy_rows", "copy_tick_rows", "writer_connect_params"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +138,21 @@ ON CONFLICT (exchange_id) DO NOTHING
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # binary COPY signature, flags 0, no header extension
+_COPY_TRAILER = b"\xff\xff"
+_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3",
+               "tcp_user_timeout": "60000"}
+_DROPPED_REASON = "spool_cap"
+
+
+def writer_connect_params(database_url: str) -> dict[str, str]:
+    """The libpq parameters the writer adds to ``database_url``: TCP keepalives and a user timeout (unless the
+    URL sets them), and client_encoding UTF8 (always: the tick rows are UTF-8)."""
+    given = conninfo_to_dict(database_url)
+    params = {k: v for k, v in _KEEPALIVES.items() if k not in given}
+    params["client_encoding"] = "UTF8"
+    return params
+
 
 def copy_rows(cur: psycopg.Cursor[tuple[Any, ...]], table: sql.Composable, spec: TableSpec,
               rows: Sequence[Sequence[Any]]) -> None:
@@ -130,6 +163,17 @@ def copy_rows(cur: psycopg.Cursor[tuple[Any, ...]], table: sql.Composable, spec:
         copy.set_types(list(spec.types))
         for row in rows:
             copy.write_row(row)
+
+
+def copy_tick_rows(cur: psycopg.Cursor[tuple[Any, ...]], table: sql.Composable, rows: TickRows) -> None:
+    """Binary COPY of ready-made tick rows into ``table`` (price_ticks' columns): the bytes as they are."""
+    spec = TABLES[Tick]
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        table, sql.SQL(", ").join(map(sql.Identifier, spec.columns)))
+    with cur.copy(stmt) as copy:
+        copy.write(_COPY_SIGNATURE)
+        copy.write(memoryview(rows.data))
+        copy.write(_COPY_TRAILER)
 
 
 class BatchWriter:
@@ -149,6 +193,8 @@ class BatchWriter:
         spool: Spool | None = None,
         log_every: float = 60.0,
         refresh_rollups: bool = True,
+        drain_rows: int = 50_000,
+        on_gaps: Callable[[], object] | None = None,
     ) -> None:
         self._url = database_url
         self._queue = queue
@@ -160,6 +206,10 @@ class BatchWriter:
         self._on_committed = on_committed
         self._spool = spool
         self._log_every = log_every
+        self._drain_rows = max(1, drain_rows)
+        self._on_gaps = on_gaps
+        self._dropped: dict[str, tuple[datetime, datetime]] = {}  # spans the spool dropped, not yet recorded
+        self._dropped_lock = threading.Lock()
         self._conn: Connection | None = None
         self._known_assets: set[str] = set()
         self._known_exchanges: set[str] = set()
@@ -228,6 +278,8 @@ class BatchWriter:
             self._pending = []
         if draining and self._may_try():
             self._drain_one()
+        if self._dropped and self._retry_at is None and self.connected:
+            self._record_dropped()
 
     def _deliver(self, batch: list[Record]) -> bool:
         """To the database if it may be tried now, else (or if that fails) to the spool. True when taken."""
@@ -244,18 +296,21 @@ class BatchWriter:
         spool = self._spool
         assert spool is not None
         try:
-            batch = spool.read(self._batch_size)
+            batch = spool.read(self._drain_rows)
         except (SpoolError, OSError) as exc:
             self._spool_failed("read", exc)
             return
         if batch is None:
             return
-        if batch.records:
-            if not self._attempt(batch.records):
+        if batch.count:
+            if not self._attempt(batch.records, batch.ticks):
                 self._database_failed()
                 return
             self._database_back()
-            lo, hi = min(r.time for r in batch.records), max(r.time for r in batch.records)
+            times = [r.time for r in batch.records]
+            if batch.ticks is not None:
+                times += [utc_from_micros(batch.ticks.lo), utc_from_micros(batch.ticks.hi)]
+            lo, hi = min(times), max(times)
             if self._drained is not None:
                 lo, hi = min(lo, self._drained[0]), max(hi, self._drained[1])
             self._drained = lo, hi
@@ -288,6 +343,38 @@ class BatchWriter:
 
         self._refresher = threading.Thread(target=refresh, name="rollup-refresh", daemon=True)
         self._refresher.start()
+
+    def note_dropped(self, spans: Sequence[DroppedSpan]) -> None:
+        """The spool's ``on_drop`` (any thread): keep the time ranges of the ticks it dropped at its cap, merged
+        per asset, until they are recorded in ingest_gaps."""
+        with self._dropped_lock:
+            for span in spans:
+                had = self._dropped.get(span.asset_id)
+                self._dropped[span.asset_id] = (span.first, span.last) if had is None else (
+                    min(had[0], span.first), max(had[1], span.last))
+
+    def _record_dropped(self) -> None:
+        with self._dropped_lock:
+            pending, self._dropped = self._dropped, {}
+        gaps = [Gap(asset_id, t0, t1 + timedelta(microseconds=1), _DROPPED_REASON)
+                for asset_id, (t0, t1) in sorted(pending.items())]
+        try:
+            record_gaps(self._connection(), gaps)
+        except psycopg.Error as exc:
+            if not self._lost(exc):
+                log.error("cannot record the gaps of rows dropped at the spool cap assets=%d from=%s error=%s: "
+                          "fill them with `coinpulse backfill`", len(gaps), min(g.start for g in gaps).isoformat(),
+                          _one_line(exc))
+                return
+            self.note_dropped([DroppedSpan(g.asset_id, g.start, g.end - timedelta(microseconds=1), 0) for g in gaps])
+            self._connection_failed(exc)
+            self._database_failed()
+            return
+        log.warning("gaps recorded for rows dropped at the spool cap assets=%d from=%s to=%s reason=%s: the gap "
+                    "worker backfills them", len(gaps), min(g.start for g in gaps).isoformat(),
+                    max(g.end for g in gaps).isoformat(), _DROPPED_REASON)
+        if self._on_gaps is not None:
+            self._on_gaps()
 
     def _to_spool(self, batch: Sequence[Record]) -> bool:
         assert self._spool is not None
@@ -366,18 +453,19 @@ class BatchWriter:
             self._conn.close()
             self._conn = None
 
-    def _attempt(self, batch: Sequence[Record]) -> bool:
+    def _attempt(self, batch: Sequence[Record], ticks: TickRows | None = None) -> bool:
         try:
-            self.write(batch)
+            self.write(batch, ticks)
         except psycopg.Error as exc:
             if self._lost(exc):
                 self._connection_failed(exc)
                 return False
             # Not the connection: the database refused some row. Find it, keep all the others.
             self._metrics.write_errors.labels(kind="data").inc()
-            log.error("batch refused rows=%d error=%s: writing row by row", len(batch), _one_line(exc))
+            rows = [*(ticks.ticks() if ticks is not None else ()), *batch]
+            log.error("batch refused rows=%d error=%s: writing row by row", len(rows), _one_line(exc))
             try:
-                self._write_one_by_one(batch)
+                self._write_one_by_one(rows)
             except psycopg.Error as exc2:
                 self._connection_failed(exc2)
                 return False
@@ -412,15 +500,17 @@ class BatchWriter:
 
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._url, application_name="coinpulse-writer", connect_timeout=10)
+            self._conn = psycopg.connect(make_conninfo(self._url, **writer_connect_params(self._url)),
+                                         application_name="coinpulse-writer", connect_timeout=10)
             self._metrics.db_up.set(1)
             self.last_success = self._now()
             log.info("writer connected to the database")
         return self._conn
 
-    def write(self, batch: Sequence[Record]) -> dict[str, int]:
-        """Commit one batch (one transaction); returns rows inserted per table. Raises OperationalError
-        when the connection is lost (the caller retries the same batch)."""
+    def write(self, batch: Sequence[Record], ticks: TickRows | None = None) -> dict[str, int]:
+        """Commit one batch (one transaction) of ``batch`` and the ready-made tick rows ``ticks``; returns rows
+        inserted per table. Raises OperationalError when the connection is lost (the caller retries the same
+        batch)."""
         groups: dict[type[Any], list[Record]] = {}
         for record in batch:
             groups.setdefault(type(record), []).append(record)
@@ -431,10 +521,15 @@ class BatchWriter:
         new_exchanges: set[str] = set()
         with conn.transaction():
             cur = conn.cursor()
-            new_assets = self._upsert_assets(cur, groups)
+            new_assets = self._upsert_assets(cur, groups, ticks)
             new_exchanges = self._upsert_exchanges(cur, groups)
+            if ticks is not None:
+                rows_in = ticks
+                written[TABLES[Tick].name] = self._copy_idempotent(
+                    cur, TABLES[Tick], ticks.rows, lambda table: copy_tick_rows(cur, table, rows_in))
             for kind, rows in groups.items():
-                written[TABLES[kind].name] = self._write_table(cur, TABLES[kind], rows)
+                name = TABLES[kind].name
+                written[name] = written.get(name, 0) + self._write_table(cur, TABLES[kind], rows)
         elapsed = time.perf_counter() - started
         self._known_assets |= new_assets
         self._known_exchanges |= new_exchanges
@@ -443,14 +538,17 @@ class BatchWriter:
         self._metrics.write_batch_seconds.observe(elapsed)
         for table, count in written.items():
             self._metrics.rows_written.labels(table=table).inc(count)
-        live = [t.time for t in groups.get(Tick, ()) if t.source != "history"]
+        live = [t.time.timestamp() for t in groups.get(Tick, ()) if t.source != "history"]
+        if ticks is not None and ticks.live_lo is not None:
+            live.append(ticks.live_lo / 1e6)
         if live:
-            self._metrics.tick_to_commit_seconds.observe(max(0.0, now - min(live).timestamp()))
+            self._metrics.tick_to_commit_seconds.observe(max(0.0, now - min(live)))
         if self._on_committed is not None:
             self._on_committed(written)
         return written
 
-    def _upsert_assets(self, cur: psycopg.Cursor[tuple[Any, ...]], groups: dict[type[Any], list[Any]]) -> set[str]:
+    def _upsert_assets(self, cur: psycopg.Cursor[tuple[Any, ...]], groups: dict[type[Any], list[Any]],
+                       ticks: TickRows | None) -> set[str]:
         snapshots: dict[str, AssetSnapshot] = {}
         for snap in groups.get(AssetSnapshot, ()):
             if snap.asset_id not in snapshots or snap.time > snapshots[snap.asset_id].time:
@@ -460,6 +558,10 @@ class BatchWriter:
                 (s.asset_id, s.symbol, s.name, s.rank, s.explorer, s.time, s.time) for s in snapshots.values()])
         # Ticks of assets never seen before get a dimension row, so thresholds and joins can refer to them.
         span: dict[str, tuple[datetime, datetime]] = {}
+        if ticks is not None:
+            for asset_id, (first, last, _) in ticks.assets.items():
+                if asset_id not in self._known_assets and asset_id not in snapshots:
+                    span[asset_id] = (utc_from_micros(first), utc_from_micros(last))
         for tick in groups.get(Tick, ()):
             if tick.asset_id in self._known_assets or tick.asset_id in snapshots:
                 continue
@@ -489,21 +591,27 @@ class BatchWriter:
         return set(exchanges) | set(unseen)
 
     def _write_table(self, cur: psycopg.Cursor[tuple[Any, ...]], spec: TableSpec, rows: Sequence[Any]) -> int:
+        return self._copy_idempotent(cur, spec, len(rows), lambda table: copy_rows(cur, table, spec, rows))
+
+    def _copy_idempotent(self, cur: psycopg.Cursor[tuple[Any, ...]], spec: TableSpec, n: int,
+                         copy: Callable[[sql.Composable], None]) -> int:
+        """``copy(table)`` the ``n`` rows into ``spec``'s table, or, if some are stored already, into a staging
+        table and from there ``ON CONFLICT DO NOTHING``; the rows inserted."""
         target = sql.Identifier("coinpulse", spec.name)
         try:
             with cur.connection.transaction():  # savepoint: a duplicate key undoes only this COPY
-                copy_rows(cur, target, spec, rows)
-            return len(rows)
+                copy(target)
+            return n
         except psycopg.errors.UniqueViolation:
             pass
         stage = sql.Identifier(f"stage_{spec.name}")
         cur.execute(sql.SQL(
             "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         ).format(stage, target))
-        copy_rows(cur, stage, spec, rows)
+        copy(stage)
         cur.execute(sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT DO NOTHING").format(target, stage))
         inserted = cur.rowcount
-        log.debug("replayed rows table=%s rows=%d inserted=%d", spec.name, len(rows), inserted)
+        log.debug("replayed rows table=%s rows=%d inserted=%d", spec.name, n, inserted)
         return inserted
 
 

@@ -1,6 +1,8 @@
 """`coinpulse backfill` end to end: a subprocess against the fake CoinCap and a real TimescaleDB. History is
 imported at the interval for its age, in requests of COINPULSE_HISTORY_POINTS_PER_REQUEST, with a progress bar;
-a run cut short by a CoinCap error resumes where it stopped; bad input gets one clear line."""
+a run cut short by a CoinCap error resumes where it stopped; bad input gets one clear line. Credits: the estimate
+is printed before, what the requests cost after (and logged in backfill_credits); an import the monthly budget
+has no room for is refused unless --yes."""
 
 from __future__ import annotations
 
@@ -13,8 +15,12 @@ from typing import Any
 
 import psycopg
 import pytest
+import requests
 
+from collector.app import credit_planner
+from collector.budget import DAYS_PER_MONTH
 from collector.cli import main
+from collector.coincap.rest import credits_for
 from collector.db.rollups import align_down
 from fake_coincap import FakeCoinCap
 
@@ -44,7 +50,8 @@ def fake() -> Iterator[FakeCoinCap]:
 def run(db_url: str, fake: FakeCoinCap, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("COINPULSE_", "COINCAP_"))}
     env = {**base, "COINPULSE_DATABASE_URL": db_url, "COINCAP_API_KEY": fake.api_key or "",
-           "COINCAP_REST_URL": fake.rest_url, "COINPULSE_HISTORY_POINTS_PER_REQUEST": "200", **extra}
+           "COINCAP_REST_URL": fake.rest_url, "COINPULSE_HISTORY_POINTS_PER_REQUEST": "200",
+           "COINPULSE_CREDIT_BUDGET": "0", **extra}
     return subprocess.run([sys.executable, "-m", "collector.cli", "backfill", *args], env=env, capture_output=True,
                           text=True, timeout=120)
 
@@ -56,6 +63,26 @@ def history_calls(fake: FakeCoinCap, asset: str) -> list[tuple[str, int, int]]:
 
 def rows(db: psycopg.Connection[Any], sql: str, *params: Any) -> list[tuple[Any, ...]]:
     return db.execute(sql, params or None).fetchall()
+
+
+def billed(fake: FakeCoinCap, calls: list[tuple[str, dict[str, str]]]) -> int:
+    """What CoinCap bills for the answers to ``calls`` ((asset, query) as sent), computed here by
+    asking the fake the same questions again and applying 1 credit + 1 per further 2,500 bytes."""
+    total = 0
+    for asset, query in calls:
+        answer = requests.get(f"{fake.rest_url}/assets/{asset}/history", params=query, timeout=10,
+                              headers={"Authorization": f"Bearer {fake.api_key}"})
+        assert answer.status_code == 200
+        total += credits_for(len(answer.content))
+    return total
+
+
+def sent(fake: FakeCoinCap, asset: str) -> list[tuple[str, dict[str, str]]]:
+    return [(asset, r.query) for r in fake.requests_to(f"/assets/{asset}/history")]
+
+
+def cli_credits(db: psycopg.Connection[Any]) -> int:
+    return int(rows(db, "SELECT coalesce(sum(credits), 0) FROM coinpulse.backfill_credits WHERE purpose = 'cli'")[0][0])
 
 
 @pytest.mark.slow
@@ -79,6 +106,9 @@ def test_backfill_imports_with_progress_and_a_rerun_resumes_where_it_stopped(
         ("bitcoin", SINCE, chunks[0][1], "h1")]
     assert history_calls(fake, "ethereum") == []
 
+    first_run_credits = cli_credits(db)
+    assert first_run_credits >= 2  # the good answer and the refused one are billed (and logged)
+
     # The same command again: the first 200 hours are skipped, the rest fetched, with a progress bar.
     before = len(history_calls(fake, "bitcoin"))
     done = run(db_url, fake, *args)
@@ -87,14 +117,18 @@ def test_backfill_imports_with_progress_and_a_rerun_resumes_where_it_stopped(
     assert history_calls(fake, "ethereum") == [("h1", ms(s), ms(e) - 1) for s, e in chunks]
     assert f"backfill bitcoin: {iso(SINCE)} .. {iso(UNTIL)}: 2 requests (h1); 1 range imported before, skipped" \
         in done.stderr
-    assert "backfill: 5 requests to CoinCap" in done.stderr
+    # estimate before, 80 bytes a point: 200 hours -> 201 points -> 7 credits, 80 hours -> 3; bitcoin 7 + 3,
+    # ethereum 7 + 7 + 3
+    assert "backfill: 5 requests to CoinCap, about 27 credits (estimated from the points asked for)" in done.stderr
     assert "5/5" in done.stderr and "requests" in done.stderr  # the tqdm bar, finished
+    credits = billed(fake, sent(fake, "bitcoin")[before:] + sent(fake, "ethereum"))
+    assert cli_credits(db) == first_run_credits + credits
     out = done.stdout.splitlines()
     assert out == [
         f"bitcoin: {iso(SINCE)} .. {iso(UNTIL)}: 2 requests, 280 points, 280 new rows (h1), "
         "1 range imported before skipped",
         f"ethereum: {iso(SINCE)} .. {iso(UNTIL)}: 3 requests, 480 points, 480 new rows (h1)",
-        "backfill done: 2 assets, 5 requests, 760 points, 760 new rows; rollups refreshed",
+        f"backfill done: 2 assets, 5 requests, 760 points, 760 new rows, {credits} credits; rollups refreshed",
     ]
     stored = rows(db, "SELECT time, price_usd FROM coinpulse.price_ticks WHERE asset_id = 'bitcoin' ORDER BY time")
     assert stored == [(datetime.fromtimestamp(p["time"] / 1000, UTC), float(p["priceUsd"]))
@@ -114,8 +148,9 @@ def test_backfill_imports_with_progress_and_a_rerun_resumes_where_it_stopped(
         calls
     assert f"backfill bitcoin: {iso(SINCE)} .. {iso(UNTIL)}: nothing to fetch; 1 range imported before, skipped" \
         in again.stderr
-    assert again.stdout.splitlines()[-1] == "backfill done: 2 assets, 0 requests, 0 points, 0 new rows; " \
+    assert again.stdout.splitlines()[-1] == "backfill done: 2 assets, 0 requests, 0 points, 0 new rows, 0 credits; " \
                                             "rollups refreshed"
+    assert "credits" not in again.stderr  # nothing to fetch: no estimate
 
 
 @pytest.mark.full_edition
@@ -142,8 +177,9 @@ def test_gaps_mode_fills_the_recorded_gaps_now(db: psycopg.Connection[Any], db_u
     assert result.stdout.splitlines() == [
         f"gap 1 bitcoin {iso(start)} .. {iso(start + 5 * HOUR)} (restart): 5 rows (h1)",
         f"gap 2 bitcoin {iso(start + 20 * HOUR)} .. {iso(start + 22 * HOUR)} (watchdog): 2 rows (h1)",
-        "backfill done: 2 of 2 gaps filled; rollups refreshed",
+        f"backfill done: 2 of 2 gaps filled, {billed(fake, sent(fake, 'bitcoin'))} credits; rollups refreshed",
     ]
+    assert "backfill: 2 requests to CoinCap, about 2 credits" in result.stderr
     assert rows(db, "SELECT id, status, rows_filled, error FROM coinpulse.ingest_gaps ORDER BY id") == [
         (1, "done", 5, None), (2, "done", 2, None), (3, "done", None, None)]
     assert history_calls(fake, "ethereum") == []
@@ -181,3 +217,49 @@ def test_bad_input_gets_one_clear_line(args: list[str], env: dict[str, str], mes
     assert main(["backfill", *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"coinpulse backfill: error: {message}"), err
+
+
+@pytest.mark.full_edition
+def test_an_import_the_budget_has_no_room_for_needs_yes(db: psycopg.Connection[Any], db_url: str, fake: FakeCoinCap,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    for name in [k for k in os.environ if k.startswith(("COINPULSE_", "COINCAP_"))]:
+        monkeypatch.delenv(name)
+    env = {"COINPULSE_DATABASE_URL": db_url, "COINCAP_API_KEY": fake.api_key or "", "COINCAP_REST_URL": fake.rest_url,
+           "COINPULSE_HISTORY_POINTS_PER_REQUEST": "200", "COINPULSE_ASSETS": "bitcoin",
+           "COINPULSE_CREDIT_BUDGET": "1000000"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from collector.settings import load_settings
+
+    planner = credit_planner(load_settings(), websocket=True)
+    assert planner is not None
+    planned = round(planner.credits_per_day() * DAYS_PER_MONTH)
+    # on-demand imports of the last 31 days leave 10 credits; one older than that no longer counts
+    db.execute("INSERT INTO coinpulse.backfill_credits (spent_at, purpose, asset_id, credits) VALUES "
+               "(now() - INTERVAL '2 days', 'cli', 'ethereum', %s), "
+               "(now() - INTERVAL '40 days', 'cli', 'ethereum', 5000), "
+               "(now() - INTERVAL '1 hour', 'gap', 'bitcoin', 5000)", (1_000_000 - planned - 10,))
+    args = ["backfill", "--assets", "bitcoin", "--since", iso(SINCE), "--until", iso(UNTIL), "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "backfill: 3 requests to CoinCap, about 17 credits (estimated from the points asked for)" in err
+    assert err[-1] == (
+        f"coinpulse backfill: error: about 17 credits is more than COINPULSE_CREDIT_BUDGET=1,000,000 a month: the "
+        f"collector's plan spends {planned:,} (see `coinpulse doctor`) and on-demand imports spent "
+        f"{1_000_000 - planned - 10:,} in the last 31 days, leaving 10; pass --yes to spend them anyway, or import "
+        "fewer assets or a shorter range")
+    assert history_calls(fake, "bitcoin") == []  # refused before anything was fetched
+    assert main([*args, "--yes"]) == 0
+    captured = capsys.readouterr()
+    assert "about 17 credits is more than COINPULSE_CREDIT_BUDGET=1,000,000 a month" in captured.err
+    assert "going ahead (--yes)" in captured.err
+    assert len(history_calls(fake, "bitcoin")) == 3
+    spent = billed(fake, sent(fake, "bitcoin")[:3])
+    assert captured.out.splitlines()[-1] == (
+        f"backfill done: 1 assets, 3 requests, 480 points, 480 new rows, {spent} credits; rollups refreshed")
+    # with room in the budget it just goes ahead, saying so
+    db.execute("DELETE FROM coinpulse.backfill_credits")
+    db.execute("DELETE FROM coinpulse.history_imports")
+    assert main(args) == 0
+    assert "backfill: within COINPULSE_CREDIT_BUDGET=1,000,000 a month" in capsys.readouterr().err

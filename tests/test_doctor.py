@@ -7,10 +7,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from collector.budget import CreditPlanner, PollSpec
 from collector.db.migrate import head_revision, migrate
 from collector.db.rollups import ROLLUPS, refresh_window
 from collector.doctor import (
@@ -18,6 +20,7 @@ from collector.doctor import (
     JobRow,
     LagRow,
     alerting_checks,
+    backfill_credit_checks,
     doctor_lines,
     exit_code,
     format_check,
@@ -190,3 +193,51 @@ def test_alerting_checks_name_the_channels_or_the_refused_setting() -> None:
     assert bad.status == "FAIL" and bad.detail.startswith("COINPULSE_ALERT_EMAIL_TO is set but GF_SMTP_HOST is not")
     (bad,) = alerting_checks({"COINPULSE_ALERT_TELEGRAM_BOT_TOKEN": "123:abc"})
     assert bad.status == "FAIL" and "COINPULSE_ALERT_TELEGRAM_CHAT_ID" in bad.detail
+
+
+def test_doctor_prints_what_backfills_used_against_the_allowance(db: psycopg.Connection[tuple[object, ...]],
+                                                                 db_url: str) -> None:
+    planner = CreditPlanner(4000, [PollSpec("prices", 30, 1)], websocket=False, backfill_share=0.2, gap_assets=2)
+    db.execute("INSERT INTO coinpulse.backfill_credits (spent_at, purpose, asset_id, credits) VALUES "
+               "(now() - INTERVAL '1 hour', 'gap', 'bitcoin', 7), (now() - INTERVAL '23 hours', 'gap', 'bitcoin', 5), "
+               "(now() - INTERVAL '25 hours', 'gap', 'bitcoin', 100), "
+               "(now() - INTERVAL '3 days', 'cli', 'bitcoin', 40), (now() - INTERVAL '32 days', 'cli', 'bitcoin', 900)")
+    assert backfill_credit_checks(db, planner) == [Check(
+        "OK", "backfill credits", "gap worker used 12 of 25.8 in the last 24 h; `coinpulse backfill` used 40 in the "
+        "last 31 days")]
+    assert [c for c in doctor_lines(db_url, planner=planner) if c.name == "backfill credits"] == \
+        backfill_credit_checks(db, planner)
+    assert [c for c in doctor_lines(db_url) if c.name == "backfill credits"] == []  # without a plan: not asked
+    db.execute("INSERT INTO coinpulse.backfill_credits (spent_at, purpose, asset_id, credits) VALUES "
+               "(now() - INTERVAL '2 hours', 'gap', 'ethereum', 20)")
+    (over,) = backfill_credit_checks(db, planner)
+    assert over.status == "WARN" and over.detail.startswith("gap worker used 32 of 25.8 in the last 24 h") and \
+        "over the allowance" in over.detail
+    (unlimited,) = backfill_credit_checks(db, CreditPlanner(None, [], websocket=False, backfill_share=0.2))
+    assert unlimited == Check("OK", "backfill credits", "gap worker used 32 in the last 24 h; `coinpulse backfill` "
+                                                        "used 40 in the last 31 days")
+
+
+@pytest.mark.full_edition
+def test_cli_doctor_prints_the_credit_plan_with_the_backfill_allowance(db_url: str) -> None:
+    env = {"COINPULSE_DATABASE_URL": db_url, "COINCAP_API_KEY": "k", "COINPULSE_FEED": "rest",
+           "COINPULSE_ASSETS": "bitcoin,ethereum"}
+    out = run_cli("doctor", env=env)
+    plan = [line for line in out.stdout.splitlines() if "credit plan" in line or "backfill credits" in line]
+    assert [line.split("  ")[0] for line in plan] == ["OK"] * len(plan), out.stdout
+    details = [line.split("credit plan", 1)[-1].split("backfill credits", 1)[-1].strip() for line in plan]
+    assert details == [
+        "assets: every 7.6h x 1.0 credits = 3 credits/day",
+        "exchanges: every 22.8h x 20.0 credits = 21 credits/day",
+        "markets: every 22.8h x 34.0 credits = 36 credits/day",
+        "rates: every 22.8h x 11.0 credits = 12 credits/day",
+        "prices: every 45.6min x 1.0 credits = 32 credits/day",
+        "gap backfill: up to 25.8 credits/day, 20% of what the stream leaves (COINPULSE_BACKFILL_SHARE); one "
+        "outage of the 2 tracked assets costs about 2",
+        "total: 4,000 of 4,000 credits per 31-day month: fits with intervals stretched x91.14 (at most 24.0h)",
+        "gap worker used 0 of 25.8 in the last 24 h; `coinpulse backfill` used 0 in the last 31 days",
+    ], out.stdout
+    # README "CoinCap plans and credits" shows this very output
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8").splitlines()
+    shown = [line for line in readme if line.startswith(("OK    credit plan", "OK    backfill credits"))]
+    assert shown == plan

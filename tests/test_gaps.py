@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from collector.backoff import Backoff
+from collector.budget import CreditPlanner
 from collector.buffer import RecordQueue
 from collector.coincap.rest import CoinCapRest
 from collector.coincap.stream import PriceStream
@@ -99,6 +100,53 @@ def test_gaps_shorter_than_the_minimum_are_not_recorded() -> None:
     tracker.disconnected(at(9), "closed")
     tracker.message(at(20))  # 12 s
     assert tracker.take() == [Gap("bitcoin", at(8), at(20), "closed")]
+
+
+def test_each_assets_gap_starts_at_its_own_last_tick_within_the_lookback() -> None:
+    tracker = GapTracker(["bitcoin", "ethereum", "solana", "dogecoin"], started_at=at(0), first_grace=30,
+                         asset_lookback=600)
+    tracker.message(at(5), ["bitcoin", "ethereum", "solana"])
+    tracker.message(at(100), ["ethereum"])  # solana is quiet from now on
+    tracker.message(at(900), ["bitcoin", "ethereum"])  # dogecoin never ticked
+    tracker.message(at(1000), ["bitcoin"])
+    tracker.disconnected(at(1030), "watchdog")
+    tracker.message(at(1040), ["ethereum"])  # the stream is back: every asset's gap ends here
+    assert tracker.take() == [
+        Gap("bitcoin", at(1000), at(1040), "watchdog"),  # the stream's last message was its own
+        Gap("ethereum", at(900), at(1040), "watchdog"),  # its own last tick, 100 s before the stream's
+        Gap("solana", at(400), at(1040), "watchdog"),  # last tick at 5 s: bounded to 600 s before 1000 s
+        Gap("dogecoin", at(400), at(1040), "watchdog"),  # no tick since the start: the earliest start allowed
+    ]
+    # the message that closed the outage counts as ethereum's tick; bitcoin's last is still 1000 s
+    tracker.disconnected(at(1050), "closed")
+    tracker.message(at(1060), ["bitcoin"])
+    assert {g.asset_id: g.start for g in tracker.take()} == {
+        "bitcoin": at(1000), "ethereum": at(1040), "solana": at(1040 - 600), "dogecoin": at(1040 - 600)}
+
+
+def test_an_assets_gap_never_starts_before_the_collector_did_and_min_gap_judges_the_outage() -> None:
+    tracker = GapTracker(["bitcoin", "ethereum"], started_at=at(0), first_grace=30, asset_lookback=3600,
+                         min_gap=20)
+    tracker.message(at(10), ["bitcoin", "ethereum"])
+    tracker.message(at(300), ["bitcoin"])
+    tracker.disconnected(at(310), "closed")
+    tracker.message(at(315), ["bitcoin"])  # a 15 s outage: under min_gap, nothing, however quiet ethereum was
+    assert tracker.take() == []
+    tracker.disconnected(at(320), "closed")
+    tracker.message(at(345), ["bitcoin"])  # 30 s
+    assert tracker.take() == [Gap("bitcoin", at(315), at(345), "closed"), Gap("ethereum", at(10), at(345), "closed")]
+    quiet = GapTracker(["ethereum"], started_at=at(0), first_grace=30, asset_lookback=3600)
+    quiet.message(at(1), ["bitcoin"])
+    quiet.disconnected(at(50), "error")
+    quiet.message(at(60))
+    assert quiet.take() == [Gap("ethereum", at(0), at(60), "error")]  # not before the start (the restart check's)
+    # lookback 0: every asset's gap starts at the stream's last message, as with one asset
+    flat = GapTracker(["bitcoin", "ethereum"], started_at=at(0), first_grace=30)
+    flat.message(at(1), ["ethereum"])
+    flat.message(at(9), ["bitcoin"])
+    flat.disconnected(at(20), "closed")
+    flat.message(at(25))
+    assert [g.start for g in flat.take()] == [at(9), at(9)]
 
 
 def test_gaps_waiting_for_the_database_are_bounded() -> None:
@@ -385,14 +433,17 @@ def test_failures_leave_the_gap_open_with_the_error_then_retry_or_give_up(
         worker.step()
         rows = {r[0]: r for r in gap_rows(db)}
         assert rows["bitcoin"][4:7] == ("done", 10, None)
-        # a gap that keeps failing is given up after max_attempts
-        db.execute("UPDATE coinpulse.ingest_gaps SET status = 'open', error = NULL WHERE asset_id = 'bitcoin'")
+        # a gap that keeps failing is given up after max_attempts (a new one: the range of the first is imported)
+        db.execute("INSERT INTO coinpulse.ingest_gaps (asset_id, gap_start, gap_end, reason) VALUES "
+                   "('bitcoin', %s, %s, 'closed')", (now - timedelta(minutes=15), now - timedelta(minutes=10)))
         fake.script(400, {"error": "no"}, path="/assets/bitcoin/history", times=3)
         for _ in range(3):
             worker.step()
             mono[0] += 1000.0
-        rows = {r[0]: r for r in gap_rows(db)}
-        assert rows["bitcoin"][4] == "failed" and "HTTP 400" in rows["bitcoin"][6]
+        rows = {(r[0], r[1]): r for r in gap_rows(db)}
+        assert rows["bitcoin", now - timedelta(minutes=15)][4] == "failed"
+        assert "HTTP 400" in rows["bitcoin", now - timedelta(minutes=15)][6]
+        assert len(fake.requests_to("/assets/bitcoin/history")) == 2 + 3
     finally:
         worker._close()
 
@@ -413,3 +464,73 @@ def test_a_gap_left_filling_by_a_dead_process_is_reopened_and_filled(
         worker._close()
     assert {r[0]: r[4] for r in gap_rows(db)} == {"bitcoin": "done", "ethereum": "filling"}
     assert fake.requests_to("/assets/ethereum/history") == []
+
+
+@pytest.mark.full_edition
+def test_gaps_wait_oldest_first_once_the_backfill_allowance_is_spent_and_are_filled_when_it_frees_up(
+        db: Conn, db_url: str, fake: FakeCoinCap, rest: CoinCapRest, writer: BatchWriter) -> None:
+    """3 credits a day for backfills; five 10-minute gaps of one credit each. Three are filled, the fourth waits
+    (open, with the reason), the fifth is not even tried; a restarted worker still knows the day's charges (from
+    backfill_credits); a day later the rest are filled."""
+    base = align_down(datetime.now(UTC), MINUTE) - timedelta(hours=3)
+    assets = ["bitcoin", "ethereum", "binance-coin", "usd-coin", "1inch"]
+    gaps = [(a, base + i * timedelta(minutes=20), base + i * timedelta(minutes=20) + timedelta(minutes=10))
+            for i, a in enumerate(assets)]
+    for asset, start, end in reversed(gaps):  # inserted newest first: the order comes from gap_start
+        db.execute("INSERT INTO coinpulse.ingest_gaps (asset_id, gap_start, gap_end, reason) VALUES (%s, %s, %s, "
+                   "'closed')", (asset, start, end))
+    fake.history["bitcoin"] = points(base - MINUTE, base + timedelta(hours=2), MINUTE)
+    now = [base + timedelta(hours=2)]
+
+    def planner() -> CreditPlanner:
+        p = CreditPlanner(31 * 30, [], websocket=False, backfill_share=0.1)  # 30 credits a day, 3 for backfills
+        assert p.backfill_per_day == pytest.approx(3)
+        return p
+
+    def status() -> dict[str, tuple[Any, ...]]:
+        return {r[0]: r[4:7] for r in gap_rows(db)}
+
+    def fetched() -> list[str]:
+        return [r.path.split("/")[-2] for r in fake.requests if r.path.endswith("/history")]
+
+    metrics = Metrics()
+    worker = worker_for(db_url, None, rest, writer, metrics, restart_check=False, planner=planner(), idle=10.0**6,
+                        wall_clock=lambda: now[0])
+    try:
+        wait = worker.step()
+        assert fetched() == assets[:3]  # oldest first
+        rows = status()
+        assert [rows[a][0] for a in assets[:3]] == ["done"] * 3
+        assert rows["usd-coin"][0] == "open" and rows["usd-coin"][2].startswith(
+            "deferred: backfill allowance spent (3 of 3.0 credits in the last 24 h)")
+        assert rows["1inch"] == ("open", None, None)  # strictly oldest first: not tried
+        assert wait == pytest.approx(24 * 3600)  # when the first charge leaves the window
+        charged = db.execute("SELECT spent_at, purpose, asset_id, gap_id, credits FROM coinpulse.backfill_credits "
+                             "ORDER BY id").fetchall()
+        assert charged == [(now[0], "gap", a, 5 - i, 1) for i, a in enumerate(assets[:3])]  # ids: newest first
+        assert metrics.registry.get_sample_value("coinpulse_gap_fills_deferred_total") == 1
+        assert metrics.registry.get_sample_value("coinpulse_backfill_credits_left") == 0
+        assert metrics.registry.get_sample_value("coinpulse_open_gaps") == 2
+        now[0] += timedelta(hours=1)
+        worker.step()
+        assert len(fetched()) == 3
+    finally:
+        worker._close()
+    # a restart: the new planner knows nothing, the database does
+    now[0] += timedelta(hours=1)
+    restarted = worker_for(db_url, None, rest, writer, Metrics(), restart_check=False, planner=planner(),
+                           idle=10.0**6, wall_clock=lambda: now[0])
+    try:
+        assert restarted.step() == pytest.approx(22 * 3600)
+        assert len(fetched()) == 3 and status()["usd-coin"][0] == "open"
+        now[0] = base + timedelta(hours=2, seconds=1) + timedelta(days=1)  # the day's charges have left the window
+        restarted.step()
+    finally:
+        restarted._close()
+    assert fetched() == assets
+    rows = status()
+    for asset, start, end in gaps:
+        stored = db.execute("SELECT count(*) FROM coinpulse.price_ticks WHERE asset_id = %s AND source = 'history' "
+                            "AND time >= %s AND time < %s", (asset, start, end)).fetchone()
+        assert rows[asset] == ("done", stored[0] if stored else None, None) and rows[asset][1] > 0
+    assert db.execute("SELECT count(*), sum(credits) FROM coinpulse.backfill_credits").fetchone() == (5, 5)

@@ -1,9 +1,11 @@
 """End to end: `coinpulse run` as a subprocess against the fake CoinCap and a real TimescaleDB. A WebSocket that
-goes silent but stays open is reconnected by the watchdog, and the silence is recorded in ingest_gaps and
-backfilled from history; a restart's downtime likewise. The watchdog is 1 s so this stays short."""
+goes silent but stays open is reconnected by the watchdog, and the silence is recorded in ingest_gaps (each asset
+from its own last tick) and backfilled from history; a restart's downtime likewise. The watchdog is 1 s so this
+stays short."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -85,32 +87,50 @@ def check_filled(url: str, fake: FakeCoinCap, gap: tuple[Any, ...]) -> None:
 @pytest.mark.full_edition
 def test_a_silent_open_websocket_is_reconnected_and_the_gap_recorded_and_backfilled(
         db_url: str, fake: FakeCoinCap, tmp_path: Path) -> None:
-    proc = CollectorProcess(env(db_url, fake), tmp_path).start()
+    budget = 1_000_000  # with a budget the worker asks the plan's backfill allowance before each request
+    proc = CollectorProcess({**env(db_url, fake), "COINPULSE_CREDIT_BUDGET": str(budget)}, tmp_path).start()
     try:
-        proc.wait_for(lambda: ws_ticks(db_url, "bitcoin") >= 5, timeout=30, what="streamed ticks")
+        proc.wait_for(lambda: ws_ticks(db_url, "bitcoin") >= 5 and ws_ticks(db_url, "ethereum") >= 5, timeout=30,
+                      what="streamed ticks")
+        fake.ws_feed(None)
+        for i in range(5):  # for a second only bitcoin moves: ethereum's data stops before the stream's
+            fake.ws_send(json.dumps({"bitcoin": f"{61000 + i}.5"}))
+            time.sleep(0.2)
         fake.ws_silent()  # the socket stays open, nothing arrives
         proc.wait_for(lambda: fake.ws_connections >= 2, timeout=20, what="a reconnect by the watchdog")
         fake.ws_silent(False)
+        fake.ws_feed(0.05)
         proc.wait_for(lambda: [g[3] for g in gaps(db_url, "watchdog")][:2] == ["done", "done"], timeout=30,
                       what="the gap recorded and backfilled")
         assert proc.metric("coinpulse_stream_reconnects_total", reason="watchdog") >= 1
         proc.wait_for(lambda: proc.metric("coinpulse_open_gaps") == 0, timeout=10, what="no open gaps")
         assert proc.metric("coinpulse_rows_written_total", table="price_ticks") > 0
+        # every history request was charged to the allowance (0.2 of what the stream leaves) and logged
+        charged = query(db_url, "SELECT count(DISTINCT gap_id), sum(credits) FROM coinpulse.backfill_credits "
+                                "WHERE purpose = 'gap'")[0]
+        assert charged[0] >= 2 and charged[1] >= 2
+        allowance = 0.2 * (budget / 31 - 1440)
+        assert proc.metric("coinpulse_backfill_credits_left") == pytest.approx(allowance - charged[1])
     finally:
         code = proc.stop()
     assert code == 0, proc.log
     recorded = gaps(db_url, "watchdog")
-    first = [g for g in recorded if g[1] == recorded[0][1]]
-    assert sorted(g[0] for g in first) == list(ASSETS)  # one row per tracked asset, same interval
+    first = [g for g in recorded if g[2] == min(r[2] for r in recorded)]
+    assert sorted(g[0] for g in first) == list(ASSETS)  # one row per tracked asset, ending together
     for gap in first:
-        # the gap runs from the last frame before the silence to the first frame after the reconnect
-        start, end = gap[1:3]
-        assert query(db_url, "SELECT max(time) FROM coinpulse.price_ticks WHERE source = 'ws' AND time <= %s",
-                     start) == [(start,)]
+        # each asset's gap runs from its own last tick before the silence to the first frame after the reconnect
+        asset, start, end = gap[:3]
+        assert query(db_url, "SELECT max(time) FROM coinpulse.price_ticks WHERE source = 'ws' AND asset_id = %s "
+                             "AND time < %s", asset, end) == [(start,)]
         assert query(db_url, "SELECT min(time) FROM coinpulse.price_ticks WHERE source = 'ws' AND time >= %s",
                      end) == [(end,)]
         assert end - start >= timedelta(seconds=1)  # at least the watchdog period
         check_filled(db_url, fake, gap)
+    by_asset = {g[0]: g for g in first}
+    # bitcoin's gap starts at the stream's last frame; ethereum's at its own, a second of bitcoin-only frames before
+    assert query(db_url, "SELECT max(time) FROM coinpulse.price_ticks WHERE source = 'ws' AND time < %s",
+                 by_asset["bitcoin"][2]) == [(by_asset["bitcoin"][1],)]
+    assert by_asset["bitcoin"][1] - by_asset["ethereum"][1] >= timedelta(seconds=0.6)
     assert "watchdog" in proc.log and "gap filled" in proc.log and "Traceback" not in proc.log
 
 

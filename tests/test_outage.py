@@ -94,7 +94,9 @@ def spool_contents(directory: Path) -> list[Record]:
             if magic != MAGIC or len(payload) != length or \
                     zlib.crc32(payload, zlib.crc32(data[off + 4:off + HEADER.size - 4])) != crc:
                 break
-            out.extend(decode_payload(payload))
+            ticks, others = decode_payload(payload)
+            out.extend(ticks.ticks() if ticks is not None else ())
+            out.extend(others)
             off += HEADER.size + length
     return out
 
@@ -231,7 +233,7 @@ def test_live_rows_keep_flowing_while_the_spool_drains(db_url: str, tmp_path: Pa
     commits: list[tuple[dict[str, int], int]] = []
     queue = RecordQueue(1000, overflow=spool.append)
     writer = BatchWriter(db_url, queue, Metrics(), batch_size=200, batch_max_age=0.01, spool=spool,
-                         on_committed=lambda written: commits.append((written, spool.rows)))
+                         drain_rows=1000, on_committed=lambda written: commits.append((written, spool.rows)))
     queue.put([rate_snapshot()])  # the live batch: the only one that writes rate_snapshots
     stop, deadline = threading.Event(), [None]
     thread = run_writer(writer, stop, deadline)
@@ -243,6 +245,52 @@ def test_live_rows_keep_flowing_while_the_spool_drains(db_url: str, tmp_path: Pa
     assert tick_count(db_url) == 20_000
     drained = [left for written, left in commits if "price_ticks" in written]
     assert drained == sorted(drained, reverse=True)  # the backlog only shrinks, batch by batch
+
+
+def test_rows_dropped_at_the_spool_cap_during_an_outage_become_gaps_per_asset(db_url: str, proxy: TcpProxy,
+                                                                             tmp_path: Path) -> None:
+    """A spool with a tiny cap under an outage drops its oldest rows; once the database is back, ingest_gaps
+    holds, per asset, the time range that was dropped (reason spool_cap), for the gap worker to backfill."""
+    metrics = Metrics()
+    spool = Spool(tmp_path / "spool", max_bytes=16384, segment_bytes=2048, metrics=metrics)
+    queue = RecordQueue(10_000, overflow=spool.append)
+    woken: list[bool] = []
+    writer = BatchWriter(proxy.url(db_url), queue, metrics, batch_size=200, batch_max_age=0.02, spool=spool,
+                         backoff=Backoff(initial=0.1, cap=0.3), on_gaps=lambda: woken.append(True),
+                         refresh_rollups=False)
+    spool.on_drop = writer.note_dropped  # as collector/app.py wires them
+    assets = ("bitcoin", "ethereum", "solana")
+    sent = [Tick(T0 + timedelta(seconds=k), asset, float(k * 100 + j + 1), "ws")
+            for k in range(2000) for j, asset in enumerate(assets)]
+    proxy.cut()
+    stop, deadline = threading.Event(), [None]
+    thread = run_writer(writer, stop, deadline)
+    for i in range(0, len(sent), 60):
+        queue.put(sent[i:i + 60])
+
+    def lost() -> float:
+        return metrics.registry.get_sample_value("coinpulse_rows_dropped_total", {"reason": "spool_cap"}) or 0.0
+
+    wait_until(lambda: len(queue) == 0 and spool.rows + lost() == len(sent), 30, "every row spooled or dropped")
+    assert lost() > 0 and writer.database_down
+    proxy.restore()
+    wait_until(lambda: spool.empty and bool(woken), 30, "the spool to drain and the gaps to be recorded")
+    stop.set()
+    thread.join(20)
+    assert not thread.is_alive()
+    with psycopg.connect(db_url) as conn:
+        kept = {(str(r[0]), r[1]) for r in conn.execute("SELECT asset_id, time FROM coinpulse.price_ticks")}
+        gaps = {str(r[0]): (r[1], r[2], str(r[3])) for r in conn.execute(
+            "SELECT asset_id, gap_start, gap_end, reason FROM coinpulse.ingest_gaps WHERE status = 'open'")}
+    assert len(kept) + lost() == len(sent)
+    assert set(gaps) == set(assets)  # one gap per asset: the drops of one outage merged
+    for asset in assets:
+        start, end, reason = gaps[asset]
+        missing = [t.time for t in sent if t.asset_id == asset and (asset, t.time) not in kept]
+        assert missing and reason == "spool_cap"
+        assert (start, end) == (min(missing), max(missing) + timedelta(microseconds=1))
+        assert not [t for a, t in kept if a == asset and start <= t < end]  # nothing stored inside the gap
+    assert woken == [True]
 
 
 def test_shutdown_with_the_database_away_spools_everything_queued(db_url: str, proxy: TcpProxy,

@@ -20,7 +20,19 @@ from hypothesis import strategies as st
 from collector.buffer import RecordQueue
 from collector.coincap.models import ExchangeSnapshot, MarketSnapshot, Record, Tick
 from collector.metrics import Metrics
-from collector.spool import HEADER, Spool, SpoolError, decode_payload, encode_payload
+from collector.spool import (
+    HEADER,
+    DroppedSpan,
+    Spool,
+    SpoolError,
+    TickRows,
+    decode_payload,
+    decode_payload_v1,
+    decode_tick_rows,
+    encode_payload,
+    encode_payload_v1,
+    encode_ticks,
+)
 from records import T0, asset_snapshot, exchange_snapshot, market_snapshot, rate_snapshot, ticks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +46,7 @@ def batch(i: int, n: int = 10) -> list[Tick]:
 def drain(spool: Spool, max_rows: int = 1_000_000) -> list[Record]:
     out: list[Record] = []
     while (got := spool.read(max_rows)) is not None:
-        out.extend(got.records)
+        out.extend(got.all_records())
         spool.ack(got)
     return out
 
@@ -55,32 +67,64 @@ def sample(metrics: Metrics, name: str) -> float:
 
 
 def test_every_record_kind_round_trips_exactly() -> None:
-    records: list[Record] = [
-        *ticks(5), asset_snapshot(), asset_snapshot("ethereum", price=0.1), exchange_snapshot(), market_snapshot(),
+    others: list[Record] = [
+        asset_snapshot(), asset_snapshot("ethereum", price=0.1), exchange_snapshot(), market_snapshot(),
         rate_snapshot(),
         ExchangeSnapshot(T0, "tiny", None, None, None, None, None, None, None, None, "rest"),
         MarketSnapshot(T0, "kraken", "bitcoin", "euro", None, None, None, None, None, None, None, None, None, "rest"),
     ]
+    records: list[Record] = [*ticks(3), *others[:2], *ticks(2, start=T0 + timedelta(hours=1)), *others[2:]]
     payload, lo, hi = encode_payload(records)
-    assert decode_payload(payload) == records
-    assert [type(r) for r in decode_payload(payload)] == [type(r) for r in records]
+    rows, decoded = decode_payload(payload)
+    assert rows is not None and rows.ticks() == [r for r in records if type(r) is Tick]  # ticks as COPY rows
+    assert decoded == others and [type(r) for r in decoded] == [type(r) for r in others]
     assert (lo, hi) == (int(min(r.time for r in records).timestamp() * 1e6),
                         int(max(r.time for r in records).timestamp() * 1e6))
+    # the previous format (format 1), still read: every row as JSON columns, in order
+    payload_v1, lo_v1, hi_v1 = encode_payload_v1(records)
+    assert decode_payload_v1(payload_v1) == records and (lo_v1, hi_v1) == (lo, hi)
+
+
+def test_tick_rows_carry_what_the_writer_needs() -> None:
+    sent = [*ticks(6, ("bitcoin", "ethereum", "solana")), Tick(T0 - timedelta(days=1), "bitcoin", 5.0, "history")]
+    rows = encode_ticks(sent)
+    assert rows is not None and rows.rows == 7 and rows.ticks() == sent
+    us = [int(t.time.timestamp() * 1e6) for t in sent]
+    assert rows.assets == {"bitcoin": (us[6], us[3], 3), "ethereum": (us[1], us[4], 2), "solana": (us[2], us[5], 2)}
+    assert (rows.lo, rows.hi, rows.live_lo) == (us[6], us[5], us[0])  # live_lo: the oldest non-history tick
+    joined = TickRows.join([rows, encode_ticks(ticks(2, ("dogecoin",))) or rows])
+    assert joined is not None and joined.rows == 9 and joined.ticks() == [*sent, *ticks(2, ("dogecoin",))]
+    assert encode_ticks([]) is None
+
+
+def test_ticks_the_columns_cannot_hold_fall_back_to_format_1_columns() -> None:
+    odd = [Tick(T0, "bitcoin", None, "ws"), *ticks(2)]  # type: ignore[arg-type]  # a None the database refuses
+    with pytest.raises(ValueError, match="not encodable"):
+        encode_ticks(odd)
+    rows, decoded = decode_payload(encode_payload(odd)[0])
+    assert rows is None and decoded == odd
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(
     st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)),
-    st.floats(min_value=1e-12, max_value=1e15, allow_nan=False, allow_infinity=False)), min_size=1, max_size=30))
-def test_times_and_prices_round_trip_bit_for_bit(rows: list[tuple[datetime, float]]) -> None:
+    st.floats(min_value=1e-12, max_value=1e15, allow_nan=False, allow_infinity=False),
+    st.text(min_size=1, max_size=12)), min_size=1, max_size=30))
+def test_times_and_prices_round_trip_bit_for_bit(rows: list[tuple[datetime, float, str]]) -> None:
     """A replay must carry exactly the keys of the original rows, or idempotency would not hold."""
-    records = [Tick(at, "bitcoin", price, "ws") for at, price in rows]
-    assert decode_payload(encode_payload(records)[0]) == records
+    records = [Tick(at, asset_id, price, "ws") for at, price, asset_id in rows]
+    got, others = decode_payload(encode_payload(records)[0])
+    assert got is not None and got.ticks() == records and others == []
+    assert decode_payload_v1(encode_payload_v1(records)[0]) == records
 
 
 def test_garbage_is_not_a_payload() -> None:
     with pytest.raises(ValueError, match="not a spool payload"):
         decode_payload(b"\x00not zlib")
+    with pytest.raises(ValueError, match="not a spool payload"):
+        decode_payload_v1(b"\x00not zlib")
+    with pytest.raises(ValueError, match="not tick rows"):
+        decode_tick_rows(b"\x00\x04\x00")
 
 
 # -- appending and draining ----------------------------------------------------------------------------------------
@@ -116,12 +160,12 @@ def test_reads_whole_records_up_to_max_rows(tmp_path: Path) -> None:
     for i in range(5):
         spool.append(batch(i, n=10))
     first = spool.read(25)
-    assert first is not None and len(first.records) == 20  # two whole records; a third would exceed 25
+    assert first is not None and len(first.all_records()) == 20  # two whole records; a third would exceed 25
     again = spool.read(25)
-    assert again is not None and again.records == first.records  # not acked: the same rows again
+    assert again is not None and again.all_records() == first.all_records()  # not acked: the same rows again
     spool.ack(first)
     one = spool.read(5)
-    assert one is not None and one.records == batch(2)  # at least one record, even if it exceeds max_rows
+    assert one is not None and one.all_records() == batch(2)  # at least one record, even if it exceeds max_rows
 
 
 def test_appends_while_draining_keep_their_order(tmp_path: Path) -> None:
@@ -132,7 +176,7 @@ def test_appends_while_draining_keep_their_order(tmp_path: Path) -> None:
         if i % 3 == 0:
             part = spool.read(4)
             assert part is not None
-            got.extend(part.records)
+            got.extend(part.all_records())
             spool.ack(part)
     got.extend(drain(spool))
     assert got == [t for i in range(30) for t in batch(i, n=3)]
@@ -150,7 +194,7 @@ def test_concurrent_writers_and_one_drainer_lose_nothing(tmp_path: Path) -> None
             if part is None:
                 time.sleep(0.001)
                 continue
-            got.extend(part.records)
+            got.extend(part.all_records())
             spool.ack(part)
 
     def writer(w: int) -> None:
@@ -423,3 +467,113 @@ def test_take_due_never_waits() -> None:
     queue.put(batch(1, n=12))
     assert len(queue.take_due(10, max_age=0.5)) == 10  # full enough
     assert len(queue.take_all(100)) == 2
+
+
+# -- the previous format, and what the cap drops ----------------------------------------------------------------------
+
+V1_FIXTURE = ROOT / "tests" / "fixtures" / "spool_v1"
+
+
+def v1_records() -> list[Record]:
+    """What tests/fixtures/spool_v1 holds (see its README)."""
+    return [*ticks(40), *ticks(3, ("solana",)), asset_snapshot(), exchange_snapshot(), market_snapshot(),
+            rate_snapshot(), *ticks(7, ("dogecoin", "bitcoin"), source="rest")]
+
+
+def copy_v1_fixture(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for seg in V1_FIXTURE.glob("*.seg"):
+        (directory / seg.name).write_bytes(seg.read_bytes())
+    return directory
+
+
+def test_a_spool_the_previous_version_left_drains_then_new_records_after_it(tmp_path: Path) -> None:
+    spool_dir = copy_v1_fixture(tmp_path / "spool")
+    assert (spool_dir / "0000000000000001.seg").read_bytes()[:4] == b"\xc5CPR"  # really the old format
+    metrics = Metrics()
+    spool = Spool(spool_dir, max_bytes=1 << 20, metrics=metrics)
+    assert spool.rows == 54 and not spool.empty
+    first = spool.read(1000)
+    assert first is not None and first.ticks is None  # format 1: every row decoded as a record
+    assert first.all_records() == v1_records() and first.count == 54
+    # a new run appends format-2 records to a new segment: the drain reads the old ones first, then these
+    for i in range(3):
+        spool.append(batch(i))
+    spool.ack(first)
+    assert drain(spool) == [t for i in range(3) for t in batch(i)]
+    assert spool.empty and segments(spool_dir) == []
+    assert sample(metrics, "coinpulse_spool_rows_drained_total") == 54 + 30
+    assert dropped(metrics, "spool_corrupt") == 0
+
+
+def test_reads_join_the_tick_rows_of_several_records(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    sent = [ticks(10, ("bitcoin",)), [asset_snapshot(), *ticks(5, ("ethereum",))], ticks(10, ("solana",))]
+    for b in sent:
+        spool.append(b)
+    got = spool.read(100)
+    assert got is not None and got.ticks is not None and got.count == 26 and got.rows == 26
+    assert got.ticks.ticks() == [*sent[0], *sent[1][1:], *sent[2]]  # one COPY for all of them, in order
+    assert got.records == [asset_snapshot()]
+    assert set(got.ticks.assets) == {"bitcoin", "ethereum", "solana"}
+
+
+def multi_asset_batch(i: int) -> list[Tick]:
+    """Batch ``i``: one frame a second, 3 assets, 4 frames: 12 ticks."""
+    return [Tick(T0 + timedelta(seconds=4 * i + f), asset, float(i * 100 + f * 10 + j + 1), "ws")
+            for f in range(4) for j, asset in enumerate(("bitcoin", "ethereum", "solana"))]
+
+
+def test_drops_at_the_cap_are_handed_to_on_drop_per_asset(tmp_path: Path) -> None:
+    metrics = Metrics()
+    calls: list[list[DroppedSpan]] = []
+    spool = Spool(tmp_path, max_bytes=8192, segment_bytes=1024, metrics=metrics, on_drop=calls.append)
+    for i in range(120):
+        assert spool.append(multi_asset_batch(i))
+    kept = drain(spool)
+    assert calls and dropped(metrics, "spool_cap") == sum(s.rows for c in calls for s in c)
+    assert len(kept) + sum(s.rows for c in calls for s in c) == 120 * 12
+    oldest_kept = min(t.time for t in kept)
+    for spans in calls:
+        assert {s.asset_id for s in spans} == {"bitcoin", "ethereum", "solana"}  # one span per asset per drop
+        assert all(s.first <= s.last < oldest_kept for s in spans)
+    # together the spans cover every dropped tick: from the first tick ever spooled to just before the kept ones
+    for asset in ("bitcoin", "ethereum", "solana"):
+        mine = sorted((s.first, s.last) for c in calls for s in c if s.asset_id == asset)
+        assert mine[0][0] == T0
+        assert mine[-1][1] == max(t.time for i in range(120) for t in multi_asset_batch(i)
+                                  if t.asset_id == asset and t.time < oldest_kept)
+
+
+def test_a_format_1_segment_dropped_at_the_cap_is_reported_too(tmp_path: Path) -> None:
+    spool_dir = copy_v1_fixture(tmp_path / "spool")
+    calls: list[list[DroppedSpan]] = []
+    spool = Spool(spool_dir, max_bytes=4096, segment_bytes=1024, on_drop=calls.append)
+    while not calls:
+        assert spool.append(batch(len(calls)))
+    spans = {s.asset_id: s for s in calls[0]}
+    v1_ticks = [r for r in v1_records() if type(r) is Tick]
+    assert set(spans) == {t.asset_id for t in v1_ticks}
+    for asset_id, span in spans.items():
+        times = [t.time for t in v1_ticks if t.asset_id == asset_id]
+        assert (span.first, span.last, span.rows) == (min(times), max(times), len(times))
+
+
+def test_a_batch_bigger_than_the_cap_is_reported_as_dropped(tmp_path: Path) -> None:
+    calls: list[list[DroppedSpan]] = []
+    spool = Spool(tmp_path, max_bytes=4096, on_drop=calls.append)
+    huge = [Tick(T0 + timedelta(microseconds=i), f"asset-{i % 50}", 1.0 + i / 7, "ws") for i in range(5000)]
+    assert spool.append(huge) is False
+    assert len(calls) == 1 and sum(s.rows for s in calls[0]) == 5000 and len(calls[0]) == 50
+
+
+def test_a_failing_on_drop_does_not_stop_the_spool(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def boom(spans: list[DroppedSpan]) -> None:
+        raise RuntimeError("listener broken")
+
+    spool = Spool(tmp_path, max_bytes=8192, segment_bytes=1024, on_drop=boom)
+    with caplog.at_level(logging.ERROR, logger="collector.spool"):
+        for i in range(120):
+            assert spool.append(multi_asset_batch(i))
+    assert "on_drop callback failed" in caplog.text
+    assert drain(spool)  # the newest rows are still there

@@ -156,3 +156,23 @@ class TestRecordQueue:
     def test_rejects_bad_capacity(self) -> None:
         with pytest.raises(ValueError):
             RecordQueue(0)
+
+    def test_wait_for_room_blocks_a_producer_until_the_consumer_takes(self) -> None:
+        q = RecordQueue(10)
+        assert q.put(ticks(8))
+        assert q.wait_for_room(2, timeout=0) and not q.wait_for_room(3, timeout=0)
+        got: list[bool] = []
+        producer = threading.Thread(target=lambda: got.append(q.wait_for_room(5)))
+        producer.start()
+        producer.join(0.05)
+        assert producer.is_alive() and got == []  # still waiting: 8 + 5 > 10
+        assert len(q.take_all(4)) == 4
+        producer.join(10)
+        assert got == [True] and q.put(ticks(5))  # now it fits: no overflow, no drop
+        assert len(q) == 9
+
+    def test_wait_for_room_lets_a_batch_bigger_than_the_queue_through_once_empty(self) -> None:
+        q = RecordQueue(10)
+        assert q.wait_for_room(50, timeout=0)  # empty: waiting could never help (put then overflows, as before)
+        q.put(ticks(1))
+        assert not q.wait_for_room(50, timeout=0)
