@@ -14,9 +14,12 @@ The same rows (a test compares them with the released definitions on random data
 - ``portfolio_holdings``: as in 0004, the latest price looked up in the last week (newest chunk first), and only
   then at any time.
 - ``portfolio_value_by_asset``: as in 0004, with a lookup per held asset and one window pass.
-- ``latest_price_any_time``, ``latest_volume_any_time`` and ``candle_close_between`` (new, plpgsql): the fallbacks
-  of the bounded lookups, called only for an asset without a tick in the last week (a volume in the last day; a
-  candle in the last ten minutes of a change window), so their plans are made only then.
+- ``latest_price_any_time``, ``latest_volume_any_time``, ``candle_close_between`` and ``volume_between`` (new,
+  plpgsql): the fallbacks of the bounded lookups, called only for an asset without a tick in the last week (a
+  volume in the last day) or for change windows over 7 days, so their plans are made only then. The lookups a
+  window ago for windows up to 7 days carry a constant bound as well (``now() - INTERVAL '14 days 1 minute'``,
+  implied by their own), so planning excludes the older chunks of ``candles_1m`` and ``asset_snapshots``: on a
+  year of 100 assets that took the 142-threshold evaluation from ~96 ms to ~35 ms (server time, warm session).
 
 The latest-price lookups are written out in each view rather than shared through an inlined SQL function:
 TimescaleDB turns ``now() - INTERVAL ...`` into a chunk bound when it plans a query, but not inside a function
@@ -73,6 +76,17 @@ BEGIN
 END
 $fn$;
 
+-- The newest 24h volume of an asset with after < time <= until (the fallback of the bounded lookup in the view
+-- below, for windows over 7 days).
+CREATE FUNCTION coinpulse.volume_between(p_asset text, p_after timestamptz, p_until timestamptz)
+RETURNS double precision LANGUAGE plpgsql STABLE PARALLEL SAFE AS $fn$
+BEGIN
+    RETURN (SELECT s.volume_usd_24hr FROM coinpulse.asset_snapshots s
+            WHERE s.asset_id = p_asset AND s.volume_usd_24hr IS NOT NULL AND s.time <= p_until AND s.time > p_after
+            ORDER BY s.time DESC LIMIT 1);
+END
+$fn$;
+
 -- Every threshold, enabled or not, evaluated now in one query: one branch per family of kinds, each with the
 -- LATERAL lookups its kinds need (through the (asset_id, time) indexes), so a lookup runs only for the thresholds
 -- that need it. The values are those of alert_threshold_current (0005), computed the same way:
@@ -88,7 +102,10 @@ $fn$;
 -- The latest price: the newest tick in the last week (the bound named with now(), so older chunks are excluded
 -- when planning; the newest chunk is read first), else -- only then, through latest_price_any_time, whose lookups
 -- are planned only when it runs -- at any time, or the newest candle. The close a window ago: the newest candle in
--- the last ten minutes of the range (a handful of rows), else (candle_close_between) in the whole range.
+-- the last ten minutes of the range (a handful of rows), else in the whole range. For windows up to 7 days these
+-- lookups also carry a constant bound (now() - 7 days 11 minutes, now() - 14 days 1 minute; implied by their own
+-- bounds) so TimescaleDB excludes older chunks of candles_1m when planning; longer windows (up to 366 days) go
+-- through candle_close_between, planned only when it runs. The 24h volume a window ago likewise (volume_between).
 CREATE VIEW coinpulse.alert_threshold_evaluation AS
 SELECT v.id::text                                   AS threshold_id,
        v.kind,
@@ -140,18 +157,29 @@ FROM (
     LEFT JOIN LATERAL (
         SELECT c.close, c.bucket FROM coinpulse.candles_1m c
         WHERE t.kind IN ('change_above', 'change_below') AND c.asset_id = t.asset_id
+          AND t.time_window <= INTERVAL '7 days'
+          AND c.bucket > now() - INTERVAL '7 days 11 minutes'  -- implied below: excludes chunks when planning
           AND c.bucket <= now() - t.time_window - INTERVAL '1 minute'
           AND c.bucket > greatest(now() - 2 * t.time_window, now() - t.time_window - INTERVAL '10 minutes')
                          - INTERVAL '1 minute'
         ORDER BY c.bucket DESC LIMIT 1
     ) near ON true
     LEFT JOIN LATERAL (
+        SELECT c.close FROM coinpulse.candles_1m c
+        WHERE t.kind IN ('change_above', 'change_below') AND near.bucket IS NULL AND c.asset_id = t.asset_id
+          AND t.time_window <= INTERVAL '7 days'
+          AND c.bucket > now() - INTERVAL '14 days 1 minute'  -- implied by the next bounds, as above
+          AND c.bucket <= now() - t.time_window - INTERVAL '1 minute'
+          AND c.bucket > now() - 2 * t.time_window - INTERVAL '1 minute'
+        ORDER BY c.bucket DESC LIMIT 1
+    ) far ON true
+    LEFT JOIN LATERAL (
         SELECT coinpulse.candle_close_between(t.asset_id, now() - 2 * t.time_window - INTERVAL '1 minute',
                                               now() - t.time_window - INTERVAL '1 minute') AS close
-        WHERE t.kind IN ('change_above', 'change_below') AND near.bucket IS NULL
+        WHERE t.kind IN ('change_above', 'change_below') AND t.time_window > INTERVAL '7 days'
         OFFSET 0
-    ) far ON true
-    CROSS JOIN LATERAL (SELECT coalesce(near.close, far.close) AS close) ago
+    ) farther ON true
+    CROSS JOIN LATERAL (SELECT coalesce(near.close, far.close, farther.close) AS close) ago
     WHERE t.kind IN ('price_above', 'price_below', 'stale', 'change_above', 'change_below')
 
     UNION ALL
@@ -175,9 +203,18 @@ FROM (
     LEFT JOIN LATERAL (
         SELECT s.volume_usd_24hr FROM coinpulse.asset_snapshots s
         WHERE t.kind = 'volume_change_above' AND s.asset_id = t.asset_id AND s.volume_usd_24hr IS NOT NULL
+          AND t.time_window <= INTERVAL '7 days'
+          AND s.time > now() - INTERVAL '14 days'  -- implied by the next bounds: excludes chunks when planning
           AND s.time <= now() - t.time_window AND s.time > now() - 2 * t.time_window
         ORDER BY s.time DESC LIMIT 1
-    ) ago ON true
+    ) ago7 ON true
+    LEFT JOIN LATERAL (
+        SELECT coinpulse.volume_between(t.asset_id, now() - 2 * t.time_window, now() - t.time_window)
+                   AS volume_usd_24hr
+        WHERE t.kind = 'volume_change_above' AND t.time_window > INTERVAL '7 days'
+        OFFSET 0
+    ) ago_long ON true
+    CROSS JOIN LATERAL (SELECT coalesce(ago7.volume_usd_24hr, ago_long.volume_usd_24hr) AS volume_usd_24hr) ago
     WHERE t.kind IN ('volume_above', 'volume_change_above')
 
     UNION ALL
@@ -209,17 +246,29 @@ FROM (
             LEFT JOIN LATERAL (
                 SELECT c.close, c.bucket FROM coinpulse.candles_1m c
                 WHERE t.kind = 'portfolio_change_below' AND h.quantity <> 0 AND c.asset_id = h.asset_id
+                  AND t.time_window <= INTERVAL '7 days'
+                  AND c.bucket > now() - INTERVAL '7 days 11 minutes'  -- implied: excludes chunks when planning
                   AND c.bucket <= now() - t.time_window - INTERVAL '1 minute'
                   AND c.bucket > greatest(now() - 2 * t.time_window, now() - t.time_window - INTERVAL '10 minutes')
                                  - INTERVAL '1 minute'
                 ORDER BY c.bucket DESC LIMIT 1
             ) near ON true
             LEFT JOIN LATERAL (
+                SELECT c.close FROM coinpulse.candles_1m c
+                WHERE t.kind = 'portfolio_change_below' AND h.quantity <> 0 AND near.bucket IS NULL
+                  AND c.asset_id = h.asset_id AND t.time_window <= INTERVAL '7 days'
+                  AND c.bucket > now() - INTERVAL '14 days 1 minute'  -- implied, as above
+                  AND c.bucket <= now() - t.time_window - INTERVAL '1 minute'
+                  AND c.bucket > now() - 2 * t.time_window - INTERVAL '1 minute'
+                ORDER BY c.bucket DESC LIMIT 1
+            ) far7 ON true
+            LEFT JOIN LATERAL (
                 SELECT coinpulse.candle_close_between(h.asset_id, now() - 2 * t.time_window - INTERVAL '1 minute',
                                                       now() - t.time_window - INTERVAL '1 minute') AS close
-                WHERE t.kind = 'portfolio_change_below' AND h.quantity <> 0 AND near.bucket IS NULL
+                WHERE t.kind = 'portfolio_change_below' AND h.quantity <> 0 AND t.time_window > INTERVAL '7 days'
                 OFFSET 0
-            ) far ON true
+            ) far_long ON true
+            CROSS JOIN LATERAL (SELECT coalesce(far7.close, far_long.close) AS close) far
             WHERE h.portfolio_id = t.portfolio_id
         ) x
     ) pa
@@ -352,7 +401,8 @@ BEGIN
     -- the buckets and the transactions (0004 ran one subquery per bucket and asset, and a second window).
     RETURN QUERY EXECUTE format($q$
         WITH buckets AS (
-            SELECT g AS bucket, coinpulse.currency_rate_usd($5, g + $2) AS rate_usd
+            SELECT g AS bucket,  -- a USD portfolio (no rate) needs no lookup per bucket
+                   CASE WHEN $5 IS NULL THEN 1::numeric ELSE coinpulse.currency_rate_usd($5, g + $2) END AS rate_usd
             FROM generate_series(time_bucket($2, $3), $4, $2) AS g
             WHERE g < $4
         ), held AS (
@@ -420,7 +470,8 @@ $fn$;
 GRANT SELECT ON coinpulse.alert_threshold_evaluation TO coinpulse_reader, coinpulse_writer;
 GRANT EXECUTE ON FUNCTION coinpulse.latest_price_any_time(text),
                           coinpulse.candle_close_between(text, timestamptz, timestamptz),
-                          coinpulse.latest_volume_any_time(text)
+                          coinpulse.latest_volume_any_time(text),
+                          coinpulse.volume_between(text, timestamptz, timestamptz)
     TO coinpulse_reader, coinpulse_writer;
 """
 
@@ -604,7 +655,8 @@ $fn$;
 
 DROP FUNCTION IF EXISTS coinpulse.latest_price_any_time(text),
                         coinpulse.candle_close_between(text, timestamptz, timestamptz),
-                        coinpulse.latest_volume_any_time(text);
+                        coinpulse.latest_volume_any_time(text),
+                        coinpulse.volume_between(text, timestamptz, timestamptz);
 """
 
 
