@@ -469,7 +469,9 @@ def test_top_assets_sparkline(runner: Runner, world: World, raw_from: str) -> No
     width = timedelta(hours=1) if raw_from == "now-24h" else timedelta(days=1)
     expected = sorted((b, a, c[3]) for a in chosen for b, c in world.data.candles(a, width).items()
                       if within(b, t_from, t_to))
-    assert len(expected) >= (48 if width == timedelta(hours=1) else 18)
+    # Sanity floors (the equality below is the check): 23 full hours of each asset, not 24, as the query's now()
+    # may be just past an hour the data (ending when the module started) has not reached.
+    assert len(expected) >= (46 if width == timedelta(hours=1) else 18)
     assert [(r[0], r[1]) for r in result.rows] == [(e[0], e[1]) for e in expected]
     assert [r[2] for r in result.rows] == [approx(e[2]) for e in expected]
 
@@ -500,7 +502,7 @@ def test_total_market_cap_and_volume(runner: Runner, world: World, raw_from: str
     vols = world.data.last_per_group(rows, "asset_id", "volume_usd_24hr", width, width)
     groups = sorted({bucket(s["time"], width) for s in rows})
     assert [r[0] for r in result.rows] == groups
-    assert len(groups) >= {"now-24h": 24, "now-7d": 160, "now-1y": 9}[raw_from]
+    assert len(groups) >= {"now-24h": 23, "now-7d": 160, "now-1y": 9}[raw_from]  # 23: see test_top_assets_sparkline
     for row in result.rows:
         cap = [v for (g, _), v in caps.items() if g == row[0]]
         vol = [v for (g, _), v in vols.items() if g == row[0]]
