@@ -5,6 +5,8 @@ Append-only and crash-safe. ``COINPULSE_SPOOL_DIR`` holds::
     0000000000000001.seg   segments, oldest first; only the newest one of this process is appended to
     drain.pos              how far the drain has got in the oldest segment ("<segment> <offset>"), a hint
     spool.lock             flock'd by the process that owns the spool (two collectors never share one)
+    dropped.spans          what the cap dropped, per asset and time range, until the writer has recorded it
+                           in ingest_gaps (JSON lines, fsync'd: it survives a crash while the database is away)
 
 A segment is a sequence of records, one per batch of rows, each written whole and then fsync'd before
 ``append`` returns (a new segment's directory entry is fsync'd too), so a batch the spool accepted survives
@@ -106,6 +108,7 @@ _CHECKED = slice(4, HEADER.size - 4)  # the header bytes the CRC covers (after t
 _MAX_PAYLOAD = 256 * 1024 * 1024  # a record claiming more is not one of ours
 _SEGMENT = re.compile(r"^(\d{16})\.seg$")
 _CURSOR = "drain.pos"
+_DROPS = "dropped.spans"
 _LOCK = "spool.lock"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -521,6 +524,9 @@ class Spool:
         self._read_off = 0
         self._next_seq = 1
         self._closed = False
+        self._drops_lock = threading.Lock()
+        drops = self.directory / _DROPS
+        self._drops_pending = drops.exists() and drops.stat().st_size > 0  # an earlier run's, not yet recorded
         self._load_segments()  # read-only: what an earlier run left, for ``empty`` and the metrics
 
     # -- state -------------------------------------------------------------------------------------------------
@@ -748,17 +754,98 @@ class Spool:
         return out
 
     def _report(self, lost: list[dict[str, tuple[int, int, int]]]) -> None:
-        """Hand the spans of ticks dropped at the cap to ``on_drop``."""
+        """Record the spans of ticks dropped at the cap (``dropped.spans``) and hand them to ``on_drop``."""
         if not lost or self.on_drop is None:
             return
         spans = [DroppedSpan(asset_id, _datetime(t0), _datetime(t1), n)
                  for drop in lost for asset_id, (t0, t1, n) in drop.items()]
         if not spans:
             return
+        self._persist_drops(spans)
         try:
             self.on_drop(spans)
         except Exception:  # the spool must go on whatever the listener does
             log.exception("spool: the on_drop callback failed; dropped spans=%d not recorded", len(spans))
+
+    # -- the record of what the cap dropped ------------------------------------------------------------------------
+    # ``dropped.spans`` holds one JSON line per span ([asset, first us, last us, rows]), appended and fsync'd before
+    # ``on_drop`` is called, so the time ranges to backfill survive a crash while the database is still away; the
+    # writer reads them with ``pending_drops`` and, once they are in ingest_gaps, removes them with ``forget_drops``.
+
+    @property
+    def drops_pending(self) -> bool:
+        """Spans dropped at the cap (by this run or an earlier one) that are not yet forgotten."""
+        return self._drops_pending
+
+    def _persist_drops(self, spans: list[DroppedSpan]) -> None:
+        lines = "".join(json.dumps([s.asset_id, _micros(s.first), _micros(s.last), s.rows]) + "\n" for s in spans)
+        path = self.directory / _DROPS
+        with self._drops_lock:
+            try:
+                new = not path.exists()
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    _write_all(fd, lines.encode())
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                if new:
+                    _fsync_dir(self.directory)
+                self._drops_pending = True
+            except OSError as exc:
+                log.error("spool: cannot record the dropped spans=%d in %s: %s (they are logged above; a crash "
+                          "before the database answers loses them)", len(spans), path, exc.strerror)
+
+    def pending_drops(self) -> tuple[list[DroppedSpan], int]:
+        """The spans recorded in ``dropped.spans`` (oldest first) and how many lines that took (for
+        ``forget_drops``); a line that cannot be read is logged, counted and skipped."""
+        if not self._drops_pending:
+            return [], 0
+        self.open()
+        with self._drops_lock:
+            try:
+                lines = (self.directory / _DROPS).read_text(encoding="utf-8").splitlines(keepends=True)
+            except FileNotFoundError:
+                self._drops_pending = False
+                return [], 0
+            except OSError as exc:
+                log.error("spool: cannot read the dropped spans in %s: %s", self.directory / _DROPS, exc.strerror)
+                return [], 0
+        spans = []
+        for i, line in enumerate(lines):
+            if not line.endswith("\n"):  # a crash while appending: the torn tail
+                lines = lines[:i]
+                break
+            try:
+                asset_id, first, last, rows = json.loads(line)
+                spans.append(DroppedSpan(str(asset_id), _datetime(int(first)), _datetime(int(last)), int(rows)))
+            except (ValueError, TypeError) as exc:
+                log.error("spool: unreadable dropped span line=%d in %s: %s", i + 1, self.directory / _DROPS, exc)
+        return spans, len(lines)
+
+    def forget_drops(self, lines: int) -> None:
+        """The first ``lines`` lines of ``dropped.spans`` are recorded elsewhere: remove them."""
+        if lines <= 0:
+            return
+        path = self.directory / _DROPS
+        with self._drops_lock:
+            try:
+                rest = path.read_text(encoding="utf-8").splitlines(keepends=True)[lines:]
+                rest = [line for line in rest if line.endswith("\n")]
+                if not rest:
+                    path.unlink()
+                    self._drops_pending = False
+                    return
+                tmp = self.directory / (_DROPS + ".tmp")
+                tmp.write_text("".join(rest), encoding="utf-8")
+                with tmp.open("rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except FileNotFoundError:
+                self._drops_pending = False
+            except OSError as exc:
+                log.error("spool: cannot update the dropped spans in %s: %s (they may be recorded twice)", path,
+                          exc.strerror)
 
     def _count_drop(self, reason: str, rows: int) -> None:
         if self._metrics is not None:

@@ -22,8 +22,9 @@ batch is kept in memory and retried (the queue in front is bounded, so memory is
 count what does not fit).
 
 Rows the spool drops at its cap (``Spool.on_drop``, wired to ``note_dropped``) are kept as one time range
-per asset (merged while they wait) and recorded in ``ingest_gaps`` with reason ``spool_cap`` as soon as the
-database answers; ``on_gaps`` then wakes the gap worker, which backfills them from CoinCap's history.
+per asset (merged while they wait; the spool also keeps them on disk, ``dropped.spans``, so a crash or restart
+before the database answers does not lose them) and recorded in ``ingest_gaps`` with reason ``spool_cap`` as
+soon as the database answers; ``on_gaps`` then wakes the gap worker, which backfills them from CoinCap's history.
 
 The connection asks libpq for TCP keepalives (idle 30 s, then every 10 s, 3 probes) and a 60 s
 ``tcp_user_timeout`` unless the URL sets them, so a link that goes silent (a NAT or firewall dropping the
@@ -278,7 +279,8 @@ class BatchWriter:
             self._pending = []
         if draining and self._may_try():
             self._drain_one()
-        if self._dropped and self._retry_at is None and self.connected:
+        if ((self._dropped or (self._spool is not None and self._spool.drops_pending))
+                and self._retry_at is None and self.connected):
             self._record_dropped()
 
     def _deliver(self, batch: list[Record]) -> bool:
@@ -354,8 +356,19 @@ class BatchWriter:
                     min(had[0], span.first), max(had[1], span.last))
 
     def _record_dropped(self) -> None:
+        # The spool's record (dropped.spans) survives a crash: it may hold an earlier run's spans as well as the ones
+        # noted in memory (the same spans again: merging per asset makes that harmless).
+        stored, lines = self._spool.pending_drops() if self._spool is not None else ([], 0)
         with self._dropped_lock:
             pending, self._dropped = self._dropped, {}
+        for span in stored:
+            had = pending.get(span.asset_id)
+            pending[span.asset_id] = (span.first, span.last) if had is None else (
+                min(had[0], span.first), max(had[1], span.last))
+        if not pending:
+            if self._spool is not None:
+                self._spool.forget_drops(lines)
+            return
         gaps = [Gap(asset_id, t0, t1 + timedelta(microseconds=1), _DROPPED_REASON)
                 for asset_id, (t0, t1) in sorted(pending.items())]
         try:
@@ -365,11 +378,15 @@ class BatchWriter:
                 log.error("cannot record the gaps of rows dropped at the spool cap assets=%d from=%s error=%s: "
                           "fill them with `coinpulse backfill`", len(gaps), min(g.start for g in gaps).isoformat(),
                           _one_line(exc))
+                if self._spool is not None:
+                    self._spool.forget_drops(lines)  # logged for the user; retrying would only repeat the error
                 return
             self.note_dropped([DroppedSpan(g.asset_id, g.start, g.end - timedelta(microseconds=1), 0) for g in gaps])
             self._connection_failed(exc)
             self._database_failed()
             return
+        if self._spool is not None:
+            self._spool.forget_drops(lines)
         log.warning("gaps recorded for rows dropped at the spool cap assets=%d from=%s to=%s reason=%s: the gap "
                     "worker backfills them", len(gaps), min(g.start for g in gaps).isoformat(),
                     max(g.end for g in gaps).isoformat(), _DROPPED_REASON)

@@ -577,3 +577,28 @@ def test_a_failing_on_drop_does_not_stop_the_spool(tmp_path: Path, caplog: pytes
             assert spool.append(multi_asset_batch(i))
     assert "on_drop callback failed" in caplog.text
     assert drain(spool)  # the newest rows are still there
+
+
+def test_drops_at_the_cap_are_kept_on_disk_until_forgotten(tmp_path: Path) -> None:
+    calls: list[list[DroppedSpan]] = []
+    spool = Spool(tmp_path, max_bytes=8192, segment_bytes=1024, on_drop=calls.append)
+    for i in range(120):
+        assert spool.append(multi_asset_batch(i))
+    given = [s for c in calls for s in c]
+    assert given and spool.drops_pending
+    spool.close()  # a crash or restart before the writer recorded them as gaps
+
+    again = Spool(tmp_path, max_bytes=8192, segment_bytes=1024)
+    assert again.drops_pending
+    stored, lines = again.pending_drops()
+    assert stored == given and lines == len(given)
+    with (tmp_path / "dropped.spans").open("a", encoding="utf-8") as f:
+        f.write('["bitcoin", 1, 2')  # a torn last line (a crash while appending): not a span, left alone
+    stored, lines = again.pending_drops()
+    assert stored == given and lines == len(given)
+    again.forget_drops(2)
+    assert again.pending_drops() == (given[2:], len(given) - 2)
+    again.forget_drops(len(given) - 2)
+    assert not again.drops_pending and again.pending_drops() == ([], 0)
+    assert not (tmp_path / "dropped.spans").exists()
+    again.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -182,6 +183,46 @@ def test_dropped_spans_become_one_gap_per_asset_once_the_database_answers(db_url
     assert gaps == [("bitcoin", t, t + timedelta(seconds=20) + us, "spool_cap", "open"),
                     ("ethereum", t, t + timedelta(seconds=9) + us, "spool_cap", "open")]
     assert woken == [True]
+
+
+def test_spans_an_earlier_run_dropped_are_recorded_after_a_restart(db_url: str, db: Conn, tmp_path: Path) -> None:
+    """The collector died while the database was away, after the spool dropped rows at its cap: the next run's
+    writer records those spans from the spool directory (dropped.spans) as soon as it reaches the database."""
+    first = Spool(tmp_path / "spool", max_bytes=8192, segment_bytes=1024, on_drop=lambda spans: None)
+    sent = [Tick(T0 + timedelta(seconds=k), asset, float(k + 1), "ws")
+            for k in range(400) for asset in ("bitcoin", "ethereum")]
+    for i in range(0, len(sent), 20):
+        assert first.append(sent[i:i + 20])
+    stored, _ = first.pending_drops()
+    assert stored
+    first.close()  # no writer ever saw these spans: only the spool's file has them
+
+    spool = Spool(tmp_path / "spool", max_bytes=8192, segment_bytes=1024)
+    woken: list[bool] = []
+    writer = BatchWriter(db_url, RecordQueue(100), Metrics(), spool=spool, on_gaps=lambda: woken.append(True),
+                         refresh_rollups=False)
+    spool.on_drop = writer.note_dropped
+    stop = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(stop,), daemon=True)
+    thread.start()
+    for _ in range(200):
+        if woken and spool.empty:
+            break
+        stop.wait(0.05)
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive() and woken == [True]
+    gaps = {str(r[0]): (r[1], r[2], str(r[3])) for r in db.execute(
+        "SELECT asset_id, gap_start, gap_end, reason FROM coinpulse.ingest_gaps")}
+    us = timedelta(microseconds=1)
+    for asset in ("bitcoin", "ethereum"):
+        mine = [s for s in stored if s.asset_id == asset]
+        assert gaps[asset] == (min(s.first for s in mine), max(s.last for s in mine) + us, "spool_cap")
+        kept = {r[0] for r in db.execute("SELECT time FROM coinpulse.price_ticks WHERE asset_id = %s", (asset,))}
+        assert not [t for t in kept if gaps[asset][0] <= t < gaps[asset][1]]  # the gap is exactly what is missing
+        assert len(kept) + sum(s.rows for s in mine) == 400
+    assert not spool.drops_pending and not (tmp_path / "spool" / "dropped.spans").exists()
+    spool.close()
 
 
 # -- the connection --------------------------------------------------------------------------------------------------
