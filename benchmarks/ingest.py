@@ -31,6 +31,7 @@ from collector.db.migrate import migrate
 from collector.intake import Intake
 from collector.metrics import Metrics
 from collector.writer import TABLES, BatchWriter, copy_rows
+from pgserver import benchmark_database
 
 ASSETS = [f"asset-{i:03d}" for i in range(100)]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -126,17 +127,7 @@ def main() -> int:
     parser.add_argument("--batch-rows", type=int, default=5000)
     parser.add_argument("--database-url")
     args = parser.parse_args()
-    server = None
-    url = args.database_url
-    if url is None:
-        from pgserver import find_server
-
-        server = find_server()
-        if server.admin_url is None:
-            print(f"no database: {server.skip_reason}")
-            return 2
-        url = server.fresh_database("coinpulse_bench_ingest")
-    try:
+    with benchmark_database(args.database_url, "coinpulse_bench_ingest") as (url, _):
         migrate(url)
         print(f"generating {args.rows:,} ticks as WebSocket frames ...", flush=True)
         frames = make_frames(args.rows)
@@ -156,9 +147,6 @@ def main() -> int:
         raw = results["raw COPY"]
         print(f"ratio writer (parse excluded) / raw: {results['writer (parse excluded)'] / raw:.2f}  (target >= 0.85)")
         print(f"ratio writer (parse included) / raw: {results['writer (parse included)'] / raw:.2f}")
-    finally:
-        if server is not None:
-            server.stop()
     return 0
 
 

@@ -40,6 +40,7 @@ from collector.db.migrate import migrate
 from collector.writer import TABLES, copy_rows
 from collector_proc import CollectorProcess
 from fake_coincap import DEFAULT_KEY, FakeCoinCap
+from pgserver import benchmark_database
 from tcp_proxy import TcpProxy
 
 MB = 1024 * 1024
@@ -166,18 +167,8 @@ def main() -> int:
                              "what they cost the drain on a small machine)")
     parser.add_argument("--database-url")
     args = parser.parse_args()
-    server = None
-    url = args.database_url
-    if url is None:
-        from pgserver import find_server
-
-        server = find_server()
-        if server.admin_url is None:
-            print(f"no database: {server.skip_reason}")
-            return 2
-        url = server.fresh_database("coinpulse_bench_outage")
-    tmp = Path(tempfile.mkdtemp(prefix="coinpulse-outage-"))
-    try:
+    with benchmark_database(args.database_url, "coinpulse_bench_outage") as (url, _):
+        tmp = Path(tempfile.mkdtemp(prefix="coinpulse-outage-"))
         migrate(url)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("TRUNCATE coinpulse.price_ticks")
@@ -186,9 +177,6 @@ def main() -> int:
             port: Any = conn.execute("SELECT inet_server_port()").fetchone()
             host: Any = conn.execute("SELECT coalesce(host(inet_server_addr()), '127.0.0.1')").fetchone()
         return run(args, url, str(host[0]), int(port[0]), tmp)
-    finally:
-        if server is not None:
-            server.stop()
 
 
 def run(args: argparse.Namespace, url: str, host: str, port: int, tmp: Path) -> int:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from collector.db.migrate import migrate
 from collector.db.rollups import align_down, refresh_window
+from pgserver import benchmark_database
 
 TICK_EVERY = timedelta(minutes=5)
 
@@ -349,17 +350,9 @@ def main() -> int:
     parser.add_argument("--dashboards", action="store_true",
                         help="also load snapshots and time every SQL panel of grafana/dashboards/")
     args = parser.parse_args()
-    server = None
-    url = args.database_url
-    if url is None:
-        from pgserver import find_server
-
-        server = find_server()
-        if server.admin_url is None:
-            raise SystemExit(f"no TimescaleDB: {server.skip_reason}")
-        url = server.fresh_database("coinpulse_bench")
-        say(f"throwaway cluster: {server.how}")
-    try:
+    with benchmark_database(args.database_url, "coinpulse_bench") as (url, how):
+        if how:
+            say(f"throwaway cluster: {how}")
         start, end = load(url, args.assets, args.days, not args.no_columnstore)
         for line in measure(url, start, end, args.runs, f"asset-{min(42, args.assets - 1):03d}"):
             say(line)
@@ -368,9 +361,6 @@ def main() -> int:
             load_alert_thresholds(url, args.assets)
             for line in dashboard_queries(url, args.runs):
                 say(line)
-    finally:
-        if server is not None:
-            server.stop()
     return 0
 
 

@@ -14,7 +14,9 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,3 +210,21 @@ def find_server() -> Server:
         server.skip_reason = f"the test database ({server.how}) has no timescaledb extension available"
         server.admin_url = None
     return server
+
+
+@contextlib.contextmanager
+def benchmark_database(url: str | None, dbname: str) -> Iterator[tuple[str, str]]:
+    """For the benchmarks: (``url``, "") when one is given, else (the URL of a fresh, empty ``dbname`` on a
+    throwaway TimescaleDB, how it was found), the server stopped on exit. Exits 2 with the reason when there is
+    no TimescaleDB to be had."""
+    if url is not None:
+        yield url, ""
+        return
+    server = find_server()
+    if server.admin_url is None:
+        print(f"no TimescaleDB: {server.skip_reason}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        yield server.fresh_database(dbname), server.how
+    finally:
+        server.stop()
