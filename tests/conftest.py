@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+import tools
 from pgserver import Server, find_server
 
 _server: Server | None = None
@@ -121,3 +122,12 @@ def db_url(migrated_url: str) -> str:
 def db(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     with psycopg.connect(db_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus's promtool (for PromQL checks), or the test skips naming where it is looked for."""
+    path = tools.promtool()
+    if path is None:
+        pytest.skip("promtool not available ($PROMTOOL, PATH, or `scripts/tools promtool` from Debian's prometheus)")
+    return path

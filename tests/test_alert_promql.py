@@ -14,21 +14,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-import tools
 from alerting_support import provisioned
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = tools.promtool()
-    if path is None:
-        pytest.skip("promtool not available ($PROMTOOL, PATH, or `scripts/tools promtool` from Debian's prometheus)")
-    return path
 
 
 def prometheus_rules() -> dict[str, Any]:

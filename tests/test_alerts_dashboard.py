@@ -25,7 +25,6 @@ import psycopg
 import pytest
 import yaml
 
-import tools
 from alerting_support import schedule_jobs
 from grafana_sql import Target, auto_interval, expand, panel_targets, time_range
 from test_alert_thresholds import CASES, load_known_data
@@ -393,14 +392,6 @@ def test_dashboard_shape() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ PromQL
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = tools.promtool()
-    if path is None:
-        pytest.skip("promtool not available ($PROMTOOL, PATH, or `scripts/tools promtool` from Debian's prometheus)")
-    return path
 
 
 def promql(title: str, ref: str = "A") -> str:
