@@ -57,6 +57,16 @@ INTERVAL_STEP: dict[str, timedelta] = {
 DEFAULT_TIERS = "m1:1d,m5:7d,h1:90d,d1"
 DEFAULT_POINTS_PER_REQUEST = 500
 _ONE_MS = timedelta(milliseconds=1)
+
+
+def _last_ms_before(moment: datetime) -> datetime:
+    """The last whole millisecond before ``moment``: the inclusive ``end`` (in ms) of a request for [.., moment).
+    ``moment - 1 ms`` would be one millisecond short when ``moment`` has a fraction of one (a gap's end is the
+    instant a collector started): CoinCap's point at ``floor(moment)`` ms lies inside the range."""
+    floored = moment - timedelta(microseconds=moment.microsecond % 1000)
+    return floored - _ONE_MS if floored == moment else floored
+
+
 _AGE = re.compile(r"^(\d+)([mhd])$")
 _AGE_UNIT = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
 
@@ -208,7 +218,7 @@ def import_history(source: HistorySource, sink: HistorySink, conn: psycopg.Conne
         for number, chunk in enumerate(chunks, 1):
             cursor = chunk.start
             while cursor < chunk.end:
-                result = source.history(asset_id, chunk.interval, cursor, chunk.end - _ONE_MS)
+                result = source.history(asset_id, chunk.interval, cursor, _last_ms_before(chunk.end))
                 requests += 1
                 rejected += len(result.rejects)
                 ticks = sorted((t for t in result.records if cursor <= t.time < chunk.end), key=lambda t: t.time)

@@ -132,6 +132,22 @@ def test_import_writes_refreshes_logs_and_is_idempotent(db: Conn, fake: FakeCoin
 
 
 @pytest.mark.full_edition
+def test_a_range_ending_inside_a_millisecond_keeps_the_point_at_that_millisecond(db: Conn, fake: FakeCoinCap,
+                                                                                 writer: BatchWriter) -> None:
+    """A gap ends at the instant a collector started (microseconds): a point at its last whole millisecond lies
+    inside it and must be asked for (CoinCap's end is inclusive, in ms) and stored."""
+    start = NOW - timedelta(hours=2)
+    end = start + timedelta(minutes=5, microseconds=801_307)
+    fake.history["bitcoin"] = [{"priceUsd": "50000.5", "time": ms(start + timedelta(minutes=1))},
+                               {"priceUsd": "50001.5", "time": ms(end)}]  # ms() floors: 801 ms < end
+    with CoinCapRest(fake.rest_url, fake.api_key, timeout=5) as rest:
+        result = import_history(rest, writer, db, "bitcoin", start, end, now=NOW, tiers=HistoryTiers.parse("m1"))
+    assert int(fake.requests_to("/assets/bitcoin/history")[0].query["end"]) == ms(end)
+    assert result.written == 2
+    assert db.execute("SELECT max(time) FROM coinpulse.price_ticks").fetchone() == (end.replace(microsecond=801_000),)
+
+
+@pytest.mark.full_edition
 def test_an_answer_cut_short_is_continued_from_its_last_point(db: Conn, fake: FakeCoinCap,
                                                               writer: BatchWriter) -> None:
     start = NOW - timedelta(days=20)
