@@ -84,6 +84,7 @@ _KINDS = {
     "policy_refresh_continuous_aggregate": "refresh",
     "policy_compression": "columnstore",
     "policy_retention": "retention",
+    "refresh_storage_sizes": "storage sizes",
 }
 
 

@@ -100,7 +100,8 @@ def test_doctor_on_a_migrated_database(make_database: Callable[[], str]) -> None
     assert by_name["migrations"] == Check("OK", "migrations", f"at head ({head_revision()})")
     jobs = [c for c in checks if c.name.startswith("job ")]
     kinds = sorted(c.name.split()[2] for c in jobs)
-    assert kinds == ["columnstore"] * 5 + ["refresh"] * len(ROLLUPS) + ["retention"] * 5
+    assert kinds == ["columnstore"] * 5 + ["refresh"] * len(ROLLUPS) + ["retention"] * 5 + ["storage"]
+    assert sum(c.name.endswith(" storage sizes") for c in jobs) == 1
     assert all(c.status == "WARN" and "paused" in c.detail for c in jobs)  # paused above
     assert {c.name for c in checks if c.name.startswith("rollup ")} == {f"rollup {r.name}" for r in ROLLUPS}
     assert by_name["rollup candles_1m"].status == "OK" and "lag " in by_name["rollup candles_1m"].detail

@@ -241,6 +241,7 @@ class World:
     jobs: dict[str, int]  # "refresh:candles_1h" -> job id
     job_stats: dict[int, tuple[bool, datetime, int, int]]  # job -> (success, finish, runs, failures)
     compressed_chunk: str
+    storage_measured: datetime  # when refresh_storage_sizes (the job's procedure) ran
 
 
 def refresh(conn: Conn, name: str, hi: datetime) -> None:
@@ -270,6 +271,10 @@ def world(migrated_url: str) -> Iterator[World]:
                              ).fetchone()
         assert chunk is not None
         conn.execute("SELECT compress_chunk(%s::regclass)", (chunk[0],))
+        with conn.transaction():
+            conn.execute("CALL coinpulse.refresh_storage_sizes()")
+            measured = conn.execute("SELECT now()").fetchone()
+        assert measured is not None
         jobs = {f"{kind}:{target}": job_id for job_id, kind, target in conn.execute(
             "SELECT job_id, proc_name, hypertable_name FROM timescaledb_information.jobs WHERE job_id >= 1000")}
         jobs = {k.replace("policy_refresh_continuous_aggregate", "refresh").replace("policy_compression",
@@ -290,7 +295,7 @@ def world(migrated_url: str) -> Iterator[World]:
                  finish if ok else data.t0 - timedelta(days=2), ok, runs, runs - failures, failures,
                  0 if ok else failures))
         try:
-            yield World(migrated_url, data, jobs, stats, chunk[0])
+            yield World(migrated_url, data, jobs, stats, chunk[0], measured[0])
         finally:
             conn.execute("DELETE FROM _timescaledb_internal.bgw_job_stat")
             conn.execute("INSERT INTO _timescaledb_internal.bgw_job_stat SELECT * FROM saved_job_stat")
@@ -740,7 +745,7 @@ def test_policy_jobs_failing_first(runner: Runner, world: World) -> None:
     assert result.types == ["int4", "text", "text", "bool", "text", "timestamptz", "timestamptz", "timestamptz",
                             "int8", "int8"]
     expected_jobs = ({f"columnstore:{t}" for t in RAW_TABLES} | {f"retention:{t}" for t in RAW_TABLES}
-                     | {f"refresh:{r.name}" for r in ROLLUPS})
+                     | {f"refresh:{r.name}" for r in ROLLUPS} | {"storage sizes:"})
     assert {f"{r[1]}:{r[2]}" for r in result.rows} == expected_jobs and len(result.rows) == len(expected_jobs)
     failed_id = world.jobs["retention:market_snapshots"]
     ok_id = world.jobs["refresh:candles_1h"]
@@ -758,8 +763,10 @@ def test_policy_jobs_failing_first(runner: Runner, world: World) -> None:
 def test_chunks_and_columnstore(runner: Runner, world: World) -> None:
     result, *_ = runner.run(target(PH, "Chunks and columnstore"), "now-6h")
     assert result.columns == ["kind", "table", "chunks", "in columnstore", "total size", "columnstore before",
-                              "columnstore after"]
-    assert result.types == ["text", "text", "int8", "int8", "int8", "int8", "int8"]
+                              "columnstore after", "measured"]
+    assert result.types == ["text", "text", "int8", "int8", "int8", "int8", "int8", "timestamptz"]
+    # the job's measurement, taken when the module's data was in place
+    assert {r[7] for r in result.rows} == {world.storage_measured}
     assert [(r[0], r[1]) for r in result.rows] == sorted(
         [("raw", t) for t in RAW_TABLES] + [("rollup", r.name) for r in ROLLUPS])
     rows = {r[1]: r for r in result.rows}
