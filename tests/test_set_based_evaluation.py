@@ -402,6 +402,27 @@ def test_a_trade_at_a_bucket_edge_counts_from_the_next_bucket(db: Conn) -> None:
         (-HOUR, D(1), D(10)), (timedelta(0), D(3), D(30)), (HOUR, D(0), D(0)), (2 * HOUR, D(0), D(0))]
 
 
+def test_daily_buckets_are_utc_days_in_any_session_time_zone(db: Conn) -> None:
+    """0009: daily buckets are UTC days (those of candles_1d) also in a session whose time zone has daylight
+    saving time; 0004/0007 stepped by '1 day' in the session's zone, an hour off after the change."""
+    db.execute("INSERT INTO coinpulse.assets (asset_id) VALUES ('x')")
+    first = datetime.fromisoformat("2026-03-25T00:00:00+00:00")  # Europe/Berlin moves to summer time on 03-29
+    db.execute("INSERT INTO coinpulse.price_ticks SELECT %s + make_interval(days => d, hours => 12), 'x', 10 + d, "
+               "'demo' FROM generate_series(0, 7) d", (first,))
+    db.execute("INSERT INTO coinpulse.portfolios (name) VALUES ('p')")
+    db.execute("INSERT INTO coinpulse.portfolio_transactions (portfolio_id, time, asset_id, quantity, price_usd) "
+               "SELECT portfolio_id, %s, 'x', 2, 10 FROM coinpulse.portfolios", (first - DAY,))
+    results = {}
+    for zone in ("UTC", "Europe/Berlin", "America/New_York"):
+        with db.transaction():
+            db.execute("SELECT set_config('TimeZone', %s, true)", (zone,))
+            results[zone] = db.execute(
+                "SELECT time, quantity, price_usd, value_usd FROM coinpulse.portfolio_value_by_asset('p', %s, %s, "
+                "'1 day')", (first, first + 8 * DAY)).fetchall()
+    assert results["UTC"] == [(first + d * DAY, D(2), D(10 + d), D(2 * (10 + d))) for d in range(8)]
+    assert results["Europe/Berlin"] == results["UTC"] and results["America/New_York"] == results["UTC"]
+
+
 def test_downgrade_to_0006_restores_the_released_views(make_database: Callable[[], str]) -> None:
     from alembic import command
 
