@@ -479,7 +479,7 @@ def test_db_roles_script_creates_login_roles_with_the_env_passwords(
         assert not password_matches(verifier, "coinpulse_collector", "something else")
         can_login, verifier, groups, config = role_facts(conn, "coinpulse_grafana")
         assert can_login and groups == ["coinpulse_reader"]
-        assert config == ["search_path=coinpulse, public", "jit=off"]
+        assert config == ["search_path=coinpulse, public", "jit=off", "max_parallel_workers_per_gather=0"]
         assert password_matches(verifier, "coinpulse_grafana", first["COINPULSE_GRAFANA_DB_PASSWORD"])
     # Every `docker compose up` runs it again: idempotent, and a changed password in .env takes effect.
     second = {"COINPULSE_COLLECTOR_DB_PASSWORD": "collector-pw-2", "COINPULSE_GRAFANA_DB_PASSWORD": "grafana-pw-2"}
@@ -501,6 +501,7 @@ def test_grafana_role_reads_but_cannot_write(compose: dict[str, Any], login_role
                          autocommit=True) as conn:
         assert conn.execute("SHOW search_path").fetchone() == ("coinpulse, public",)
         assert conn.execute("SHOW jit").fetchone() == ("off",)
+        assert conn.execute("SHOW max_parallel_workers_per_gather").fetchone() == ("0",)
         assert conn.execute("SELECT asset_id, price_usd FROM latest_prices").fetchall() == [("bitcoin", 90000.0)]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("INSERT INTO price_ticks VALUES (now(), 'ethereum', 3000, 'demo')")
