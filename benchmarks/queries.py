@@ -314,6 +314,8 @@ def grafana_session_settings() -> dict[str, str]:
     compose = (Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text(encoding="utf-8")
     found = dict(re.findall(r"ALTER ROLE coinpulse_grafana SET (\w+) = ([^;]+);", compose))
     found.pop("search_path", None)
+    if "jit" not in found:
+        raise SystemExit("docker-compose.yml no longer sets jit for coinpulse_grafana: update grafana_session_settings")
     return found
 
 
