@@ -84,6 +84,25 @@ def migrated_url(make_database: Callable[[], str]) -> str:
     return url
 
 
+def alembic_to(url: str, direction: str, revision: str) -> None:
+    """Run ``alembic upgrade|downgrade <revision>`` on the database at ``url`` (tests of migration steps)."""
+    import sqlalchemy
+    from alembic import command
+
+    from collector.db.migrate import alembic_config
+
+    engine = sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url),
+                                      poolclass=sqlalchemy.pool.NullPool)
+    cfg = alembic_config()
+    try:
+        with engine.connect() as sa_conn:
+            cfg.attributes["connection"] = sa_conn
+            {"upgrade": command.upgrade, "downgrade": command.downgrade}[direction](cfg, revision)
+            sa_conn.commit()
+    finally:
+        engine.dispose()
+
+
 def pause_policies(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     """Unschedule the refresh/columnstore/retention jobs: in the background they would drop or compress test
     rows mid-test (retention 90 days, columnstore 7 days). Tests that need a job run it with CALL run_job."""

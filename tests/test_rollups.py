@@ -414,31 +414,17 @@ def test_refresh_policies_have_the_configured_offsets(fresh: Conn) -> None:
 def test_upgrade_keeps_history_collected_before_the_rollups(make_database: Callable[[], str]) -> None:
     """Upgrading a database that already holds ticks materializes them once, so they stay visible after the
     refresh policy moves the watermark past them."""
-    from alembic import command
-
-    from collector.db.migrate import alembic_config
+    from conftest import alembic_to
 
     url = make_database()
     migrate(url)  # creates the extension and schema; then go back to 0001 and load history
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url),
-                                      poolclass=sqlalchemy.pool.NullPool)
-    cfg = alembic_config()
-    with engine.connect() as sa_conn:
-        cfg.attributes["connection"] = sa_conn
-        command.downgrade(cfg, "0001")
-        sa_conn.commit()
+    alembic_to(url, "downgrade", "0001")
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('coinpulse.candles_1m')").fetchone() == (None,)
         now = server_now(conn)
         ticks = [(now - timedelta(days=20, minutes=m), "bitcoin", 10.0 + m % 13) for m in range(0, 4000, 3)]
         insert_ticks(conn, ticks)
-    with engine.connect() as sa_conn:
-        cfg.attributes["connection"] = sa_conn
-        command.upgrade(cfg, "head")
-        sa_conn.commit()
-    engine.dispose()
+    alembic_to(url, "upgrade", "head")
     with psycopg.connect(url, autocommit=True) as conn:
         pause_policies(conn)
         for view in LEVELS:

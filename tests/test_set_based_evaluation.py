@@ -424,40 +424,25 @@ def test_daily_buckets_are_utc_days_in_any_session_time_zone(db: Conn) -> None:
 
 
 def test_downgrade_to_0006_restores_the_released_views(make_database: Callable[[], str]) -> None:
-    from alembic import command
-
-    from collector.db.migrate import alembic_config, migrate
+    from collector.db.migrate import migrate
+    from conftest import alembic_to
 
     url = make_database()
     migrate(url)
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url),
-                                      poolclass=sqlalchemy.pool.NullPool)
-    cfg = alembic_config()
-    try:
-        with engine.connect() as sa_conn:
-            cfg.attributes["connection"] = sa_conn
-            command.downgrade(cfg, "0006")
-            sa_conn.commit()
-        with psycopg.connect(url, autocommit=True) as conn:
-            assert conn.execute("SELECT to_regclass('coinpulse.alert_threshold_evaluation')").fetchone() == (None,)
-            definition = conn.execute("SELECT pg_get_viewdef('coinpulse.alert_threshold_status')").fetchone()
-            assert definition is not None and "alert_threshold_current" in definition[0]
-            source = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'portfolio_value_by_asset'").fetchone()
-            assert source is not None and "(SELECT coalesce(sum(t.quantity), 0)" in source[0]
-            functions = conn.execute("SELECT count(*) FROM pg_proc WHERE proname = 'latest_price_any_time'").fetchone()
-            assert functions == (0,)
-        with engine.connect() as sa_conn:
-            cfg.attributes["connection"] = sa_conn
-            command.upgrade(cfg, "head")
-            sa_conn.commit()
-        with psycopg.connect(url, autocommit=True) as conn:
-            definition = conn.execute("SELECT pg_get_viewdef('coinpulse.alert_threshold_status')").fetchone()
-            assert definition is not None and "alert_threshold_evaluation" in definition[0]
-            grants = conn.execute("SELECT has_table_privilege('coinpulse_reader', 'coinpulse.alert_threshold_status', "
-                                  "'SELECT'), has_table_privilege('coinpulse_reader', "
-                                  "'coinpulse.alert_threshold_evaluation', 'SELECT')").fetchone()
-            assert grants == (True, True)
-    finally:
-        engine.dispose()
+    alembic_to(url, "downgrade", "0006")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('coinpulse.alert_threshold_evaluation')").fetchone() == (None,)
+        definition = conn.execute("SELECT pg_get_viewdef('coinpulse.alert_threshold_status')").fetchone()
+        assert definition is not None and "alert_threshold_current" in definition[0]
+        source = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'portfolio_value_by_asset'").fetchone()
+        assert source is not None and "(SELECT coalesce(sum(t.quantity), 0)" in source[0]
+        functions = conn.execute("SELECT count(*) FROM pg_proc WHERE proname = 'latest_price_any_time'").fetchone()
+        assert functions == (0,)
+    alembic_to(url, "upgrade", "head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        definition = conn.execute("SELECT pg_get_viewdef('coinpulse.alert_threshold_status')").fetchone()
+        assert definition is not None and "alert_threshold_evaluation" in definition[0]
+        grants = conn.execute("SELECT has_table_privilege('coinpulse_reader', 'coinpulse.alert_threshold_status', "
+                              "'SELECT'), has_table_privilege('coinpulse_reader', "
+                              "'coinpulse.alert_threshold_evaluation', 'SELECT')").fetchone()
+        assert grants == (True, True)

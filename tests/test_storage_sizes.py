@@ -97,4 +97,3 @@ def test_readers_see_both_paths(db: Conn) -> None:
             db.execute("SET LOCAL transaction_read_only = on")
             got = sizes(db, "coinpulse.storage_sizes")
             assert next(r for r in got if r[1] == "price_ticks")[2] == 1
-            db.execute("RESET ROLE")

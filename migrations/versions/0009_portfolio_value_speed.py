@@ -92,8 +92,8 @@ BEGIN
     END IF;
     -- The buckets: first_bucket, first_bucket + width, ... up to the last one starting before p_to.
     first_bucket := time_bucket(width, p_from);
-    last_bucket := first_bucket + width * floor((extract(epoch FROM p_to - first_bucket) - 1e-6)
-                                                / extract(epoch FROM width));
+    last_bucket := first_bucket
+                   + width * (ceil(extract(epoch FROM p_to - first_bucket) / extract(epoch FROM width)) - 1);
     SELECT array_agg(DISTINCT t.asset_id ORDER BY t.asset_id) INTO held
     FROM coinpulse.portfolio_transactions t WHERE t.portfolio_id = pf.portfolio_id;
     IF held IS NULL THEN
