@@ -330,7 +330,7 @@ def dashboard_queries(url: str, runs: int) -> list[str]:
     the dashboard's default time range and for the last year, slowest first. Query variables take the values
     their queries return (all of them for multi-value variables, the first otherwise); a dashboard whose
     variables cannot be resolved in this database is reported and skipped. Target: every panel < 50 ms."""
-    from grafana_sql import auto_interval, expand, panel_targets, time_range
+    from grafana_sql import expand, panel_interval, panel_targets, time_range
 
     results: list[tuple[float, str, str, str, int]] = []
     lines: list[str] = []
@@ -365,10 +365,11 @@ def dashboard_queries(url: str, runs: int) -> list[str]:
                 continue
             for label, raw in (("default", (dash["time"]["from"], dash["time"]["to"])), ("1 year", ("now-1y", "now"))):
                 t_from, t_to = time_range(*raw, now=now)
-                interval = auto_interval(t_from, t_to)
                 for target in panel_targets(dash):
                     if target.language != "sql" or target.panel_id is None:
                         continue
+                    # $__interval as Grafana computes it: the panel's query options, else a 1000-pixel panel
+                    interval = panel_interval(target, t_from, t_to)
                     sql = expand(target.text, time_from=t_from, time_to=t_to, interval=interval, variables=values,
                                  now=now)
                     _explain_ms(conn, sql)  # warm the cache

@@ -56,6 +56,7 @@ Public API::
     expand_query(...same...) -> Expanded(sql: str, fill: Fill | None)
     Variable(value: str | Sequence[str], multi: bool = ..., include_all: bool = False, raw: bool = False)
     auto_interval(time_from, time_to, *, max_data_points=1000, min_interval="1m") -> timedelta
+    panel_interval(target, time_from, time_to, *, width=1000, datasource_min="1m") -> timedelta
     parse_time(expr, *, now, round_up=False) -> datetime       # "now-24h", "now/d", ISO or epoch ms
     time_range(raw_from, raw_to, *, now) -> tuple[datetime, datetime]
     panel_targets(dashboard) -> list[Target]                    # every SQL/PromQL target, rows included
@@ -65,7 +66,8 @@ Public API::
 of a single-value variable), a list/tuple of ``str`` (the selected values of a multi-value variable; pass
 every option for "All" without a custom all value) or a ``Variable``. Grafana's frontend also resolves
 ``$__interval`` from the panel width; pass the value you want (``auto_interval`` reproduces Grafana's
-computation with the SQL datasource's default minimum interval of one minute).
+computation with the SQL datasource's default minimum interval of one minute; ``panel_interval`` applies a
+panel's own query options, "Max data points" and "Min interval", as Grafana does).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ __all__ = [
     "expand_query",
     "go_format_interval",
     "go_parse_interval",
+    "panel_interval",
     "panel_targets",
     "parse_time",
     "time_range",
@@ -527,6 +530,14 @@ def auto_interval(time_from: datetime, time_to: datetime, *, max_data_points: in
     return timedelta(milliseconds=ms)
 
 
+def panel_interval(target: Target, time_from: datetime, time_to: datetime, *, width: int = 1000,
+                   datasource_min: str | None = "1m") -> timedelta:
+    """``$__interval`` of a panel's query: the panel's "Max data points" when set, else its ``width`` in pixels,
+    and its "Min interval" when set, else the datasource's (``SceneQueryRunner``: ``minInterval ?? ds.interval``)."""
+    return auto_interval(time_from, time_to, max_data_points=target.max_data_points or width,
+                         min_interval=target.min_interval or datasource_min)
+
+
 _RELATIVE = re.compile(r"^now(?P<ops>(?:[+-]\d+(?:ms|[smhdwMy]))*)(?:/(?P<round>[smhdwMy]))?$")
 _OP = re.compile(r"([+-])(\d+)(ms|[smhdwMy])")
 
@@ -623,6 +634,10 @@ class Target:
     text: str
     format: str | None  # "table" | "time_series" for SQL panels
     raw: Mapping[str, Any]
+    # the panel's query options: "Max data points" (else the panel's width in pixels) and "Min interval" (else
+    # the datasource's timeInterval)
+    max_data_points: int | None = None
+    min_interval: str | None = None
 
 
 def _panels(panels: Sequence[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
@@ -650,12 +665,13 @@ def panel_targets(dashboard: Mapping[str, Any]) -> list[Target]:
         panel_ds = _ds_uid(panel.get("datasource"), None)
         for target in panel.get("targets", []) or []:
             ds = _ds_uid(target.get("datasource"), panel_ds)
+            options = {"max_data_points": panel.get("maxDataPoints"), "min_interval": panel.get("interval") or None}
             if "rawSql" in target:
                 out.append(Target(uid, panel.get("id"), str(panel.get("title", "")), str(target.get("refId", "")),
-                                  str(ds), "sql", str(target["rawSql"]), target.get("format"), target))
+                                  str(ds), "sql", str(target["rawSql"]), target.get("format"), target, **options))
             elif "expr" in target:
                 out.append(Target(uid, panel.get("id"), str(panel.get("title", "")), str(target.get("refId", "")),
-                                  str(ds), "promql", str(target["expr"]), None, target))
+                                  str(ds), "promql", str(target["expr"]), None, target, **options))
     for var in (dashboard.get("templating") or {}).get("list", []) or []:
         if var.get("type") != "query":
             continue

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from alerting_support import schedule_jobs
-from grafana_sql import Target, auto_interval, expand, panel_targets, time_range
+from grafana_sql import Target, expand, panel_interval, panel_targets, time_range
 from test_alert_thresholds import CASES, load_known_data
 
 Conn = psycopg.Connection[Any]
@@ -167,7 +167,8 @@ class World:
             ) -> tuple[list[str], list[str], list[Row]]:
         """Expand a query as Grafana does (the dashboard's time range ending now) and run it as coinpulse_reader."""
         t_from, t_to = time_range(raw_from, "now", now=self.now)
-        sql = expand(target(title, ref).text, time_from=t_from, time_to=t_to, interval=auto_interval(t_from, t_to),
+        query = target(title, ref)
+        sql = expand(query.text, time_from=t_from, time_to=t_to, interval=panel_interval(query, t_from, t_to),
                      variables=variables, now=self.now)
         with self.conn.transaction(force_rollback=True):  # a savepoint: the role goes back with it
             self.conn.execute("SET LOCAL ROLE coinpulse_reader")

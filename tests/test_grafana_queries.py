@@ -33,7 +33,7 @@ from psycopg import sql
 
 from collector.db.lifecycle import RAW_TABLES
 from collector.db.rollups import ROLLUPS
-from grafana_sql import Target, auto_interval, expand, panel_targets, time_range
+from grafana_sql import Target, expand, panel_interval, panel_targets, time_range
 
 pytestmark = pytest.mark.full_edition
 
@@ -325,7 +325,7 @@ class Runner:
             variables: dict[str, str | list[str]] | None = None,
             max_data_points: int = 1000) -> tuple[Result, datetime, datetime, timedelta]:
         t_from, t_to = time_range(raw_from, raw_to, now=self.now)
-        interval = auto_interval(t_from, t_to, max_data_points=max_data_points)
+        interval = panel_interval(target, t_from, t_to, width=max_data_points)
         sql = expand(target.text, time_from=t_from, time_to=t_to, interval=interval, variables=variables or {},
                      now=self.now)
         cur = self.conn.execute(sql)  # type: ignore[arg-type]

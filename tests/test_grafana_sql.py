@@ -20,6 +20,7 @@ from grafana_sql import (
     expand_query,
     go_format_interval,
     go_parse_interval,
+    panel_interval,
     panel_targets,
     parse_time,
     time_range,
@@ -236,3 +237,24 @@ def test_panel_targets_walks_rows() -> None:
         (3, "promql", "coinpulse-prom", "up"),
         (None, "sql", "coinpulse-tsdb", "SELECT asset_id FROM assets"),
     ]
+
+
+def test_panel_interval_follows_the_panels_query_options() -> None:
+    now = datetime(2026, 3, 15, 13, 45, 30, tzinfo=UTC)
+    dash = {"uid": "d", "panels": [
+        {"id": 1, "type": "timeseries", "datasource": {"uid": "coinpulse-tsdb"},
+         "targets": [{"refId": "A", "rawSql": "SELECT 1"}]},
+        {"id": 2, "type": "timeseries", "datasource": {"uid": "coinpulse-tsdb"}, "maxDataPoints": 400,
+         "interval": "1h", "targets": [{"refId": "A", "rawSql": "SELECT 2"}]},
+    ]}
+    plain, capped = panel_targets(dash)
+    assert (plain.max_data_points, plain.min_interval) == (None, None)
+    assert (capped.max_data_points, capped.min_interval) == (400, "1h")
+    month = now - timedelta(days=30)
+    # without options: the panel's width (1000 px here) and the datasource's 1m: 43.2 min -> 30m
+    assert panel_interval(plain, month, now) == timedelta(minutes=30)
+    assert panel_interval(plain, month, now, width=2000) == timedelta(minutes=20)
+    # 400 points: 30 days -> 1.8 h -> 2h; 10 days -> 36 min -> 30m, raised to the panel's 1h minimum
+    assert panel_interval(capped, month, now) == timedelta(hours=2)
+    assert panel_interval(capped, now - timedelta(days=10), now) == timedelta(hours=1)
+    assert panel_interval(capped, now - timedelta(days=365), now) == timedelta(hours=12)  # 21.9 h

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from collector.portfolio import Transaction, create_portfolio, record
-from grafana_sql import auto_interval, expand, panel_targets
+from grafana_sql import expand, panel_interval, panel_targets
 from test_portfolio_db import add_assets, add_ticks, at, expected_values
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -76,8 +76,10 @@ MAIN = [  # the scripted sequence with its backdated buy (tests/test_portfolio_d
 
 
 @pytest.mark.full_edition
-@pytest.mark.parametrize("days", [38, 10], ids=["daily", "hourly"])
-def test_every_dashboard_query_runs_with_the_expected_results(db: Conn, days: int) -> None:
+@pytest.mark.parametrize(("days", "width"),
+                         [(38, timedelta(days=1)), (28, timedelta(hours=2)), (10, timedelta(hours=1))],
+                         ids=["daily", "two-hourly", "hourly"])
+def test_every_dashboard_query_runs_with_the_expected_results(db: Conn, days: int, width: timedelta) -> None:
     add_assets(db, "bitcoin", "ethereum")
     add_ticks(db, TICKS)
     main = create_portfolio(db, "main")
@@ -86,17 +88,18 @@ def test_every_dashboard_query_runs_with_the_expected_results(db: Conn, days: in
     record(db, other, [Transaction(at("2026-10-01T00:00:00Z"), "ethereum", D("3"), D("1900"))])
     time_to = at("2026-11-02T00:00:00Z")
     time_from = time_to - timedelta(days=days)
-    interval = auto_interval(time_from, time_to)
     results: dict[str, list[tuple[Any, ...]]] = {}
     db.execute("SET ROLE coinpulse_reader")
     try:
         for target in panel_targets(dashboard()):
             assert target.language == "sql" and target.datasource_uid == "coinpulse-tsdb"
+            interval = panel_interval(target, time_from, time_to)
             sql = expand(target.text, time_from=time_from, time_to=time_to, interval=interval,
                          variables={"portfolio": "main"})
             results[target.panel_title] = db.execute(sql).fetchall()
-        table_sql = next(t.text for t in panel_targets(dashboard()) if t.panel_title == "Holdings and P&L")
-        other_sql = expand(table_sql, time_from=time_from, time_to=time_to, interval=interval,
+        table_target = next(t for t in panel_targets(dashboard()) if t.panel_title == "Holdings and P&L")
+        other_sql = expand(table_target.text, time_from=time_from, time_to=time_to,
+                           interval=panel_interval(table_target, time_from, time_to),
                            variables={"portfolio": "other's"})
         other_rows = db.execute(other_sql).fetchall()
     finally:
@@ -113,9 +116,9 @@ def test_every_dashboard_query_runs_with_the_expected_results(db: Conn, days: in
         ("ethereum", "ETH", D("0"), None, D("2600"), D("0"), D("0"), D("0"), D("4990")),
     ]
     assert [r[2] for r in other_rows] == [D("3")]
-    # value over time: one point per bucket (daily beyond 31 days, hourly up to), each equal to the value
-    # computed independently from the raw ticks; the stacked per-asset series adds up to it
-    width = timedelta(days=1) if days > 31 else timedelta(hours=1)
+    # value over time: one point per bucket (daily beyond 31 days; up to 31 days Grafana's interval for at most
+    # 400 points, an hour at least), each equal to the value computed independently from the raw ticks; the
+    # stacked per-asset series adds up to it
     expected = expected_values(TICKS, MAIN, time_from, time_to, width)
     assert results["Value over time"] == list(expected.items())
     by_asset: dict[datetime, D] = {}
