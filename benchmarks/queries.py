@@ -1,6 +1,7 @@
 """Candle queries: the rollups (continuous aggregates) against time_bucket over the raw ticks, side by side.
 
     .venv/bin/python benchmarks/queries.py [--database-url URL] [--assets 100] [--days 365] [--no-columnstore]
+                                           [--work-mem 16MB] [--dashboards]
 
 Loads one year of 5-minute ticks for 100 assets (10.5M rows, generated on the server with generate_series),
 materializes the rollups, converts raw chunks older than 7 days to the columnstore as the default policy
@@ -11,8 +12,9 @@ would (unless --no-columnstore), runs VACUUM ANALYZE, then times each query both
 - client: wall time of executing the query and fetching every row with psycopg, median of the runs.
 
 The year of daily candles is timed in two orders: by asset (an export per asset) and by time (as a chart reads
-them); a real-time rollup is a UNION ALL view, so either order is a sort of its 36,500 rows. A fixed CPU-bound
-query is timed as a reference, to compare figures of different days on a shared machine.
+them); a real-time rollup is a UNION ALL view, so either order is a sort of its 36,500 rows (~5 MB: at the
+default work_mem of 4 MB it goes to disk, which the output says; --work-mem sets it for both sides). A fixed
+CPU-bound query is timed as a reference, to compare figures of different days on a shared machine.
 
 Without --database-url a throwaway local TimescaleDB cluster is started (as the tests do) and removed.
 With a URL the database is migrated and reused: if it already holds exactly the generated data set, the
@@ -146,11 +148,28 @@ def load(url: str, assets: int, days: int, columnstore: bool) -> tuple[datetime,
     return start, end
 
 
-def server_ms(conn: psycopg.Connection[tuple[object, ...]], query: str, params: dict[str, Any]) -> float:
+def server_plan(conn: psycopg.Connection[tuple[object, ...]], query: str, params: dict[str, Any]) -> dict[str, Any]:
     row = conn.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {query}", params).fetchone()
     assert row is not None
-    plan = row[0][0]  # type: ignore[index]
+    plan: dict[str, Any] = row[0][0]  # type: ignore[index]
+    return plan
+
+
+def server_ms(conn: psycopg.Connection[tuple[object, ...]], query: str, params: dict[str, Any]) -> float:
+    plan = server_plan(conn, query, params)
     return float(plan["Planning Time"]) + float(plan["Execution Time"])
+
+
+def spills(node: dict[str, Any]) -> list[str]:
+    """Plan nodes that went to disk for want of work_mem: sorts ("external merge") and hash aggregates."""
+    found = []
+    if node.get("Sort Space Type") == "Disk":
+        found.append(f"sort {node.get('Sort Space Used', '?')} kB")
+    if int(node.get("HashAgg Batches", 1) or 1) > 1:
+        found.append(f"hash aggregate {node.get('Disk Usage', '?')} kB")
+    for child in node.get("Plans", []):
+        found += spills(child)
+    return found
 
 
 def client_ms(conn: psycopg.Connection[tuple[object, ...]], query: str, params: dict[str, Any]) -> tuple[float, int]:
@@ -159,26 +178,31 @@ def client_ms(conn: psycopg.Connection[tuple[object, ...]], query: str, params: 
     return (time.perf_counter() - started) * 1000, len(rows)
 
 
-def measure(url: str, start: datetime, end: datetime, runs: int, asset: str) -> list[str]:
+def measure(url: str, start: datetime, end: datetime, runs: int, asset: str, work_mem: str | None) -> list[str]:
     lines = []
     with psycopg.connect(url, autocommit=True) as conn:
+        if work_mem:
+            conn.execute("SELECT set_config('work_mem', %s, false)", (work_mem,))
         facts = conn.execute(
             "SELECT (SELECT count(*) FROM coinpulse.price_ticks), "
             "(SELECT count(*) FILTER (WHERE is_compressed) || '/' || count(*) FROM timescaledb_information.chunks "
             " WHERE hypertable_name = 'price_ticks'), current_setting('jit'), current_setting('shared_buffers'), "
-            "(SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'), current_setting('server_version')"
+            "(SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'), current_setting('server_version'), "
+            "current_setting('work_mem')"
         ).fetchone()
         assert facts is not None
         lines.append(f"price_ticks: {facts[0]:,} rows, columnstore chunks {facts[1]}; TimescaleDB {facts[4]}, "
-                     f"PostgreSQL {facts[5]}, jit={facts[2]}, shared_buffers={facts[3]}; median of {runs} runs")
+                     f"PostgreSQL {facts[5]}, jit={facts[2]}, shared_buffers={facts[3]}, work_mem={facts[6]}"
+                     f"{'' if work_mem else ' (server default)'}; median of {runs} runs")
         lines.append(f"machine reference: SELECT count(*) FROM generate_series(1, 1000000) "
                      f"{machine_reference_ms(conn, runs):.1f} ms")
         lines.append(f"{'query':<30} {'rows':>6} | {'rollup server':>13} {'client':>9} | {'raw server':>11} "
                      f"{'client':>9} | {'ratio':>7}")
         for pair in pairs(start, end, asset):
             results = {}
+            disk = {}
             for kind, query in (("rollup", pair.rollup), ("raw", pair.raw)):
-                server_ms(conn, query, pair.params)  # warm the cache
+                disk[kind] = spills(server_plan(conn, query, pair.params)["Plan"])  # also warms the cache
                 server = statistics.median(server_ms(conn, query, pair.params) for _ in range(runs))
                 client_runs = [client_ms(conn, query, pair.params) for _ in range(runs)]
                 results[kind] = (server, statistics.median(ms for ms, _ in client_runs), client_runs[0][1])
@@ -186,6 +210,9 @@ def measure(url: str, start: datetime, end: datetime, runs: int, asset: str) -> 
             assert rollup[2] == raw[2], f"{pair.title}: rollup returned {rollup[2]} rows, raw {raw[2]}"
             lines.append(f"{pair.title:<30} {rollup[2]:>6} | {rollup[0]:>10.2f} ms {rollup[1]:>6.1f} ms | "
                          f"{raw[0]:>8.0f} ms {raw[1]:>6.0f} ms | {raw[0] / rollup[0]:>6.0f}x")
+            for kind, found in disk.items():
+                if found:
+                    lines.append(f"{'':<30} {kind}: spilled to disk ({', '.join(found)}): see --work-mem")
             if pair.title.startswith("1y"):  # the same rows, ordered as an export per asset / as a chart reads them
                 ok = rollup[0] < 20 and raw[0] / rollup[0] >= 500
                 lines.append(f"{'':<30} target rollup < 20 ms and >= 500x: {'met' if ok else 'NOT MET'}")
@@ -393,6 +420,7 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--no-columnstore", action="store_true", help="keep every raw chunk in row storage")
+    parser.add_argument("--work-mem", help="work_mem for the candle queries, both sides (default: the server's)")
     parser.add_argument("--dashboards", action="store_true",
                         help="also load snapshots and time every SQL panel of grafana/dashboards/")
     args = parser.parse_args()
@@ -400,7 +428,8 @@ def main() -> int:
         if how:
             say(f"throwaway cluster: {how}")
         start, end = load(url, args.assets, args.days, not args.no_columnstore)
-        for line in measure(url, start, end, args.runs, f"asset-{min(42, args.assets - 1):03d}"):
+        for line in measure(url, start, end, args.runs, f"asset-{min(42, args.assets - 1):03d}",
+                            args.work_mem):
             say(line)
         if args.dashboards:
             load_dashboard_data(url, args.assets, args.days)
