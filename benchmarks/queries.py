@@ -182,7 +182,10 @@ def measure(url: str, start: datetime, end: datetime, runs: int, asset: str, wor
     lines = []
     with psycopg.connect(url, autocommit=True) as conn:
         if work_mem:
-            conn.execute("SELECT set_config('work_mem', %s, false)", (work_mem,))
+            try:
+                conn.execute("SELECT set_config('work_mem', %s, false)", (work_mem,))
+            except psycopg.errors.InvalidParameterValue as err:
+                raise SystemExit(f"--work-mem {work_mem!r}: {str(err).splitlines()[0]}") from None
         facts = conn.execute(
             "SELECT (SELECT count(*) FROM coinpulse.price_ticks), "
             "(SELECT count(*) FILTER (WHERE is_compressed) || '/' || count(*) FROM timescaledb_information.chunks "
