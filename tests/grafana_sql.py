@@ -665,13 +665,15 @@ def panel_targets(dashboard: Mapping[str, Any]) -> list[Target]:
         panel_ds = _ds_uid(panel.get("datasource"), None)
         for target in panel.get("targets", []) or []:
             ds = _ds_uid(target.get("datasource"), panel_ds)
-            options = {"max_data_points": panel.get("maxDataPoints"), "min_interval": panel.get("interval") or None}
             if "rawSql" in target:
-                out.append(Target(uid, panel.get("id"), str(panel.get("title", "")), str(target.get("refId", "")),
-                                  str(ds), "sql", str(target["rawSql"]), target.get("format"), target, **options))
+                language, text, fmt = "sql", str(target["rawSql"]), target.get("format")
             elif "expr" in target:
-                out.append(Target(uid, panel.get("id"), str(panel.get("title", "")), str(target.get("refId", "")),
-                                  str(ds), "promql", str(target["expr"]), None, target, **options))
+                language, text, fmt = "promql", str(target["expr"]), None
+            else:
+                continue
+            out.append(Target(uid, panel.get("id"), str(panel.get("title", "")), str(target.get("refId", "")),
+                              str(ds), language, text, fmt, target, max_data_points=panel.get("maxDataPoints"),
+                              min_interval=panel.get("interval") or None))
     for var in (dashboard.get("templating") or {}).get("list", []) or []:
         if var.get("type") != "query":
             continue

@@ -322,10 +322,9 @@ class Runner:
         self.now = row[0].astimezone(UTC)
 
     def run(self, target: Target, raw_from: str, raw_to: str = "now", *,
-            variables: dict[str, str | list[str]] | None = None,
-            max_data_points: int = 1000) -> tuple[Result, datetime, datetime, timedelta]:
+            variables: dict[str, str | list[str]] | None = None) -> tuple[Result, datetime, datetime, timedelta]:
         t_from, t_to = time_range(raw_from, raw_to, now=self.now)
-        interval = panel_interval(target, t_from, t_to, width=max_data_points)
+        interval = panel_interval(target, t_from, t_to)
         sql = expand(target.text, time_from=t_from, time_to=t_to, interval=interval, variables=variables or {},
                      now=self.now)
         cur = self.conn.execute(sql)  # type: ignore[arg-type]
