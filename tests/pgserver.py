@@ -23,9 +23,17 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import yaml
 from psycopg import sql
 
-TIMESCALE_IMAGE = "timescale/timescaledb:2.17.2-pg15"
+
+def compose_timescale_image() -> str:
+    """The TimescaleDB image docker-compose.yml runs: tests on Docker use the database users get."""
+    compose = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
+    return str(compose["services"]["timescaledb"]["image"])
+
+
+TIMESCALE_IMAGE = compose_timescale_image()
 
 
 @dataclass
