@@ -11,10 +11,14 @@ would (unless --no-columnstore), runs VACUUM ANALYZE, then times each query both
   number to compare; decoding tens of thousands of rows in Python would otherwise dominate.
 - client: wall time of executing the query and fetching every row with psycopg, median of the runs.
 
-The year of daily candles is timed in two orders: by asset (an export per asset) and by time (as a chart reads
-them); a real-time rollup is a UNION ALL view, so either order is a sort of its 36,500 rows (~5 MB: at the
-default work_mem of 4 MB it goes to disk, which the output says; --work-mem sets it for both sides). A fixed
-CPU-bound query is timed as a reference, to compare figures of different days on a shared machine.
+The year of daily candles is timed in two orders: by asset (`ORDER BY asset_id, bucket`, an export per asset)
+and by time (`ORDER BY bucket`, what a Grafana time series needs). A real-time rollup is a UNION ALL view
+(materialized rows + rows aggregated since the watermark): on PostgreSQL 15 either order is a sort of its 36,500
+rows (~5 MB: at the default work_mem of 4 MB it goes to disk; --work-mem sets it for both sides); from
+PostgreSQL 16 TimescaleDB pushes an ORDER BY of the time column alone into both halves of the view, so the
+rows by time are read in order with no sort. The output says, per query, how many rows the rollup sorted and
+what spilled to disk. A fixed CPU-bound query is timed as a reference, to compare figures of different days on
+a shared machine.
 
 Without --database-url a throwaway local TimescaleDB cluster is started (as the tests do) and removed.
 With a URL the database is migrated and reused: if it already holds exactly the generated data set, the
@@ -80,13 +84,13 @@ def pairs(start: datetime, end: datetime, asset: str) -> list[Pair]:
         Pair(
             "1y daily candles, by time",
             "SELECT bucket, asset_id, open, high, low, close, ticks FROM coinpulse.candles_1d "
-            "WHERE bucket >= %(start)s AND bucket < %(end)s ORDER BY bucket, asset_id",
+            "WHERE bucket >= %(start)s AND bucket < %(end)s ORDER BY bucket",
             # Aggregated in the order the columnstore yields (by asset), then sorted: the planner's own plan for
             # ORDER BY bucket, asset_id sorts the decompressed ticks instead (75 s against 5.5 s on 2026-12-02).
             "SELECT * FROM (SELECT time_bucket('1 day', time) AS bucket, asset_id, first(price_usd, time), "
             "max(price_usd), min(price_usd), last(price_usd, time), count(*) FROM coinpulse.price_ticks "
             "WHERE time >= %(start)s AND time < %(end)s GROUP BY 1, 2 ORDER BY asset_id, bucket) r "
-            "ORDER BY bucket, asset_id",
+            "ORDER BY bucket",
             {"start": start, "end": end},
         ),
         Pair(
@@ -172,6 +176,12 @@ def spills(node: dict[str, Any]) -> list[str]:
     return found
 
 
+def sorted_rows(node: dict[str, Any]) -> int:
+    """Rows that went through Sort nodes of the plan (0: the rows were read in the order asked for)."""
+    own = int(node.get("Actual Rows", 0)) if node.get("Node Type") == "Sort" else 0
+    return own + sum(sorted_rows(child) for child in node.get("Plans", []))
+
+
 def client_ms(conn: psycopg.Connection[tuple[object, ...]], query: str, params: dict[str, Any]) -> tuple[float, int]:
     started = time.perf_counter()
     rows = conn.execute(query, params).fetchall()
@@ -203,9 +213,9 @@ def measure(url: str, start: datetime, end: datetime, runs: int, asset: str, wor
                      f"{'client':>9} | {'ratio':>7}")
         for pair in pairs(start, end, asset):
             results = {}
-            disk = {}
+            plans = {}
             for kind, query in (("rollup", pair.rollup), ("raw", pair.raw)):
-                disk[kind] = spills(server_plan(conn, query, pair.params)["Plan"])  # also warms the cache
+                plans[kind] = server_plan(conn, query, pair.params)["Plan"]  # also warms the cache
                 server = statistics.median(server_ms(conn, query, pair.params) for _ in range(runs))
                 client_runs = [client_ms(conn, query, pair.params) for _ in range(runs)]
                 results[kind] = (server, statistics.median(ms for ms, _ in client_runs), client_runs[0][1])
@@ -213,8 +223,11 @@ def measure(url: str, start: datetime, end: datetime, runs: int, asset: str, wor
             assert rollup[2] == raw[2], f"{pair.title}: rollup returned {rollup[2]} rows, raw {raw[2]}"
             lines.append(f"{pair.title:<30} {rollup[2]:>6} | {rollup[0]:>10.2f} ms {rollup[1]:>6.1f} ms | "
                          f"{raw[0]:>8.0f} ms {raw[1]:>6.0f} ms | {raw[0] / rollup[0]:>6.0f}x")
-            for kind, found in disk.items():
-                if found:
+            sorted_by_rollup = sorted_rows(plans["rollup"])
+            lines.append(f"{'':<30} rollup: " + (f"sorts {sorted_by_rollup:,} rows" if sorted_by_rollup else
+                                                 "no sort (read in the order asked for)"))
+            for kind, plan in plans.items():
+                if found := spills(plan):
                     lines.append(f"{'':<30} {kind}: spilled to disk ({', '.join(found)}): see --work-mem")
             if pair.title.startswith("1y"):  # the same rows, ordered as an export per asset / as a chart reads them
                 ok = rollup[0] < 20 and raw[0] / rollup[0] >= 500
