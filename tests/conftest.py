@@ -29,7 +29,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return [f"timescaledb: NOT AVAILABLE, database tests will skip: {server.skip_reason}"]
     edition = {"timescale": "full edition (Timescale License)", "apache": "Apache-2 edition"}.get(
         server.license or "", f"license={server.license}")
-    return [f"timescaledb: {server.version}, {edition}; via {server.how}"]
+    return [f"timescaledb: {server.version}, {edition}, on PostgreSQL {server.postgres}; via {server.how}"]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

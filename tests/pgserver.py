@@ -43,6 +43,7 @@ class Server:
     skip_reason: str | None = None
     version: str | None = None
     license: str | None = None
+    postgres: str | None = None  # server_version, e.g. "15.18 (Debian 15.18-0+deb12u1)"
     _cleanup: list[Any] = field(default_factory=list)
 
     @property
@@ -178,6 +179,7 @@ def _probe(server: Server) -> tuple[str | None, str | None]:
     """The extension version and license, read in a scratch database (the GUCs exist once it is loaded)."""
     assert server.admin_url is not None
     with psycopg.connect(server.admin_url, autocommit=True, connect_timeout=10) as conn:
+        server.postgres = str(conn.info.parameter_status("server_version") or "?")
         row = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
         if row is None or row[0] is None:
             return None, None
