@@ -105,6 +105,15 @@ def _span(value: timedelta) -> str:
     return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
 
 
+# TimescaleDB's background job runner (2.28.3; 2.29.2 has the same code) runs a job inside a portal it creates and
+# never starts, and drops it after the job's commit. Newer PostgreSQL minors refuse to drop such a portal (seen on
+# 15.20 and 17.12, not on 15.18): the run's work is committed, but the run is recorded as failed.
+PORTAL_ERROR = 'cannot drop portal "" while it is being set up'
+PORTAL_HINT = ("TimescaleDB's job runner and this PostgreSQL minor disagree: the run's work was committed, but every "
+               "background run is recorded failed and retried at up to 5x its interval (README \"Known problem: "
+               "policy runs recorded as failed\")")
+
+
 def job_check(job: JobRow, now: datetime) -> Check:
     """OK / WARN (paused, no success for 3 intervals) / FAIL (last run failed) for one background job."""
     name = f"job {job.job_id} {job.kind}" + (f" {job.target}" if job.target else "")
@@ -113,6 +122,8 @@ def job_check(job: JobRow, now: datetime) -> Check:
         return Check("WARN", name, f"paused (scheduled = false); last run {_ts(job.last_run_started_at)}, {stats}")
     if job.last_run_status == "Failed":
         error = f": {job.last_error}" if job.last_error else ""
+        if job.last_error and PORTAL_ERROR in job.last_error:
+            error += f" ({PORTAL_HINT})"
         return Check("FAIL", name, f"last run {_ts(job.last_run_started_at)} failed, {stats}{error}")
     if job.total_runs == 0 or job.last_run_started_at is None:
         return Check("OK", name, f"not run yet (every {_span(job.schedule_interval)}), next {_ts(job.next_start)}")

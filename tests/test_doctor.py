@@ -49,6 +49,13 @@ def test_job_check_statuses() -> None:
     assert ok.status == "OK" and ok.name == "job 1000 refresh candles_1m" and "failures 2/100" in ok.detail
     failed = job_check(job(last_run_status="Failed", last_error="permission denied for table price_ticks"), NOW)
     assert failed.status == "FAIL" and "permission denied for table price_ticks" in failed.detail
+    assert "job runner" not in failed.detail
+    portal = job_check(job(last_run_status="Failed", total_failures=5, total_runs=5,
+                           last_error='cannot drop portal "" while it is being set up'), NOW)
+    assert portal.status == "FAIL" and portal.detail.endswith(
+        'failures 5/5: cannot drop portal "" while it is being set up (TimescaleDB\'s job runner and this PostgreSQL '
+        "minor disagree: the run's work was committed, but every background run is recorded failed and retried at "
+        'up to 5x its interval (README "Known problem: policy runs recorded as failed"))')
     paused = job_check(job(scheduled=False), NOW)
     assert paused.status == "WARN" and "paused" in paused.detail
     stale = job_check(job(last_successful_finish=NOW - timedelta(minutes=10)), NOW)
