@@ -109,6 +109,15 @@ def pause_policies(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     conn.execute("SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs WHERE job_id >= 1000")
 
 
+def materialization_table(conn: psycopg.Connection[tuple[object, ...]], view: str) -> sql.Identifier:
+    """A rollup's materialization hypertable: the rows its refreshes wrote, without real-time aggregation."""
+    row = conn.execute("SELECT materialization_hypertable_schema, materialization_hypertable_name "
+                       "FROM timescaledb_information.continuous_aggregates "
+                       "WHERE view_schema = 'coinpulse' AND view_name = %s", (view,)).fetchone()
+    assert row is not None, f"no rollup coinpulse.{view}"
+    return sql.Identifier(str(row[0]), str(row[1]))
+
+
 TRUNCATE = """
 DO $$
 DECLARE t record;

@@ -16,12 +16,14 @@ from typing import Any
 import psycopg
 import pytest
 import requests
+from psycopg import sql
 
 from collector.app import credit_planner
 from collector.budget import DAYS_PER_MONTH
 from collector.cli import main
 from collector.coincap.rest import credits_for
 from collector.db.rollups import align_down
+from conftest import materialization_table
 from fake_coincap import FakeCoinCap
 
 HOUR = timedelta(hours=1)
@@ -135,10 +137,8 @@ def test_backfill_imports_with_progress_and_a_rerun_resumes_where_it_stopped(
                       for p in fake.history["bitcoin"] if ms(SINCE) <= p["time"] < ms(UNTIL)]
     assert rows(db, "SELECT count(*) FROM coinpulse.price_ticks WHERE asset_id = 'ethereum'") == [(480,)]
     # the rollups were refreshed over the range: candles_1h's own table holds every hour of both assets
-    mat = rows(db, "SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name) "
-                   "FROM timescaledb_information.continuous_aggregates WHERE view_name = 'candles_1h'")[0][0]
-    assert rows(db, f"SELECT asset_id, count(*) FROM {mat} GROUP BY 1 ORDER BY 1") == [("bitcoin", 480),
-                                                                                        ("ethereum", 480)]
+    assert db.execute(sql.SQL("SELECT asset_id, count(*) FROM {} GROUP BY 1 ORDER BY 1").format(
+        materialization_table(db, "candles_1h"))).fetchall() == [("bitcoin", 480), ("ethereum", 480)]
 
     # Once more (assets by symbol this time): nothing left to fetch.
     calls = len(fake.requests_to("/assets/bitcoin/history")) + len(fake.requests_to("/assets/ethereum/history"))

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from collector.backoff import Backoff
 from collector.budget import CreditPlanner
@@ -23,6 +24,7 @@ from collector.gaps import BackfillWorker, Gap, GapTracker, restart_gaps, uncove
 from collector.history import HistoryTiers
 from collector.metrics import Metrics
 from collector.writer import BatchWriter
+from conftest import materialization_table
 from fake_coincap import FakeCoinCap
 from test_watchdog import FakeClock, wait_until
 
@@ -242,11 +244,9 @@ def gap_rows(db: Conn) -> list[tuple[Any, ...]]:
 
 def materialized_candles(db: Conn, asset: str, lo: datetime, hi: datetime) -> list[tuple[Any, ...]]:
     """Rows of candles_1m's materialization hypertable (what a refresh wrote, not real-time aggregation)."""
-    row = db.execute("SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name) "
-                     "FROM timescaledb_information.continuous_aggregates WHERE view_name = 'candles_1m'").fetchone()
-    assert row is not None
-    return db.execute(f"SELECT bucket, open, high, low, close, ticks FROM {row[0]} WHERE asset_id = %s "
-                      "AND bucket >= %s AND bucket < %s ORDER BY bucket", (asset, lo, hi)).fetchall()
+    return db.execute(sql.SQL("SELECT bucket, open, high, low, close, ticks FROM {} WHERE asset_id = %s "
+                              "AND bucket >= %s AND bucket < %s ORDER BY bucket").format(
+        materialization_table(db, "candles_1m")), (asset, lo, hi)).fetchall()
 
 
 def expected_candles(ticks: list[tuple[datetime, float]]) -> list[tuple[Any, ...]]:

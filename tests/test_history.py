@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from collector.buffer import RecordQueue
 from collector.coincap.rest import CoinCapRest
@@ -24,6 +25,7 @@ from collector.history import (
 )
 from collector.metrics import Metrics
 from collector.writer import BatchWriter
+from conftest import materialization_table
 from fake_coincap import FakeCoinCap
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -114,11 +116,8 @@ def test_import_writes_refreshes_logs_and_is_idempotent(db: Conn, fake: FakeCoin
     rows = db.execute("SELECT time, price_usd, source FROM coinpulse.price_ticks ORDER BY time").fetchall()
     assert rows == [(start + timedelta(hours=i), 50000.0 + 10 * i, "history") for i in range(72)]
     # the rollup windows were materialized (not only visible through real-time aggregation)
-    table = db.execute("SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name) "
-                       "FROM timescaledb_information.continuous_aggregates WHERE view_name = 'candles_1h'"
-                       ).fetchone()
-    assert table is not None
-    materialized = db.execute(f"SELECT count(*) FROM {table[0]}").fetchone()
+    materialized = db.execute(sql.SQL("SELECT count(*) FROM {}").format(materialization_table(db, "candles_1h"))
+                              ).fetchone()
     assert materialized == (72,)
     logged = db.execute("SELECT asset_id, range_start, range_end, intervals, requests, points, rows_written "
                         "FROM coinpulse.history_imports").fetchall()
